@@ -1,0 +1,13 @@
+"""scprob: deep probabilistic models of single-cell omics under one module API."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import data, distributions, models, modules, nn, train
+from ._settings import settings
+
+try:
+    __version__ = version("scprob")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["data", "distributions", "models", "modules", "nn", "settings", "train", "__version__"]

@@ -1,0 +1,5 @@
+"""Command line: ``scprob demo`` and ``scprob fit``."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,22 @@
+"""Data layer: validation, registration (the registry saved with a model), tensors, loaders."""
+
+from .datasets import load_mixology
+from .keys import Keys
+from .loader import BatchLoader, CSRRows, TensorStore, split_indices
+from .registry import check_same_genes, get_registry, setup_anndata, transfer_setup
+from .validate import DataError, drop_empty_cells
+
+__all__ = [
+    "BatchLoader",
+    "CSRRows",
+    "DataError",
+    "Keys",
+    "TensorStore",
+    "check_same_genes",
+    "drop_empty_cells",
+    "get_registry",
+    "load_mixology",
+    "setup_anndata",
+    "split_indices",
+    "transfer_setup",
+]

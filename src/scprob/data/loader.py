@@ -1,0 +1,156 @@
+"""Tensors built once, minibatches gathered by index.
+
+:class:`TensorStore` converts the registered data to tensors a single time (dense X as
+one tensor; sparse X kept as CSR arrays and only the rows of a minibatch densified).
+:class:`BatchLoader` yields minibatch dicts from a store: a shuffled permutation per
+epoch, sharded across ranks under ``torch.distributed`` so DDP sees equal shares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .keys import Keys
+from .registry import obs_arrays
+from .validate import get_matrix
+
+
+def _as_tensor(a: np.ndarray, dtype) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+
+
+class CSRRows:
+    """Row gather from a CSR matrix held as three tensors; returns dense float32 rows."""
+
+    def __init__(self, X: sp.spmatrix, device: str | torch.device = "cpu"):
+        X = sp.csr_matrix(X)
+        X.sort_indices()
+        self.shape = X.shape
+        self.indptr = _as_tensor(X.indptr.astype(np.int64), torch.int64).to(device)
+        self.indices = torch.from_numpy(X.indices.astype(np.int64, copy=False)).to(device)
+        self.data = torch.from_numpy(X.data.astype(np.float32, copy=False)).to(device)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        starts = self.indptr[idx]
+        lens = self.indptr[idx + 1] - starts
+        out = torch.zeros(idx.shape[0], self.shape[1], dtype=torch.float32, device=self.data.device)
+        total = int(lens.sum())
+        if total == 0:
+            return out
+        rows = torch.repeat_interleave(torch.arange(idx.shape[0], device=idx.device), lens)
+        seg_start = torch.repeat_interleave(starts - (torch.cumsum(lens, 0) - lens), lens)
+        pos = torch.arange(total, device=idx.device) + seg_start
+        out[rows, self.indices[pos]] = self.data[pos]
+        return out
+
+
+class TensorStore:
+    """All registered tensors of one AnnData, indexable by a tensor of cell indices."""
+
+    def __init__(self, adata, registry: dict, device: str | torch.device = "cpu", load_x: bool = True):
+        self.n_obs = adata.n_obs
+        self.device = torch.device(device)
+        self.tensors: dict[str, torch.Tensor] = {}
+        for key, arr in obs_arrays(adata, registry).items():
+            dtype = torch.int64 if arr.dtype.kind in "iu" else torch.float32
+            self.tensors[key] = _as_tensor(arr, dtype).to(self.device)
+        self.x = None
+        if load_x:
+            X = get_matrix(adata, registry["setup_args"]["layer"])
+            if sp.issparse(X):
+                self.x = CSRRows(X, self.device)
+            elif isinstance(X, np.ndarray):
+                self.x = _as_tensor(X.astype(np.float32, copy=False), torch.float32).to(self.device)
+            else:  # backed dataset or other array-like: read in chunks, keep sparse
+                from .validate import iter_row_chunks
+
+                blocks = [sp.csr_matrix(b) for _, b in iter_row_chunks(X)]
+                self.x = CSRRows(sp.vstack(blocks, format="csr"), self.device)
+
+    def add(self, key: str, value: np.ndarray | torch.Tensor) -> None:
+        t = value if isinstance(value, torch.Tensor) else _as_tensor(value, torch.float32)
+        self.tensors[key] = t.to(self.device)
+
+    def __getitem__(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        idx = idx.to(self.device)
+        batch = {k: v[idx] for k, v in self.tensors.items()}
+        if self.x is not None:
+            batch[Keys.X] = self.x[idx]
+        batch[Keys.INDICES] = idx
+        return batch
+
+
+class BatchLoader:
+    """Iterable of minibatch dicts.
+
+    Parameters
+    ----------
+    store
+        The :class:`TensorStore` to read from.
+    indices
+        Cells this loader covers (e.g. the training split).
+    shuffle
+        New permutation each epoch, from ``seed + epoch`` (reproducible).
+    drop_last_below
+        Skip a final minibatch smaller than this (BatchNorm cannot train on 1 cell).
+    """
+
+    def __init__(
+        self,
+        store: TensorStore,
+        indices: np.ndarray | None = None,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last_below: int = 0,
+    ):
+        self.store = store
+        self.indices = torch.as_tensor(np.arange(store.n_obs) if indices is None else np.asarray(indices), dtype=torch.int64)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last_below = drop_last_below
+        self.epoch = 0
+
+    def _rank_indices(self) -> torch.Tensor:
+        idx = self.indices
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            idx = idx[torch.randperm(idx.shape[0], generator=g)]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+            per_rank = -(-idx.shape[0] // world)
+            idx = torch.cat([idx, idx[: per_rank * world - idx.shape[0]]])  # pad: equal shares
+            idx = idx[rank::world]
+        return idx
+
+    def _n_batches(self, n: int) -> int:
+        full, rest = divmod(n, self.batch_size)
+        return full + int(rest > 0 and rest >= max(self.drop_last_below, 1))
+
+    def __len__(self) -> int:
+        n = self.indices.shape[0]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            n = -(-n // torch.distributed.get_world_size())
+        return self._n_batches(n)
+
+    def __iter__(self):
+        idx = self._rank_indices()
+        self.epoch += 1
+        for b in range(self._n_batches(idx.shape[0])):
+            yield self.store[idx[b * self.batch_size : (b + 1) * self.batch_size]]
+
+
+def split_indices(n_obs: int, train_size: float = 0.9, validation_size: float | None = None, seed: int = 0):
+    """Random train/validation split (scvi-tools semantics: validation = rest if not given)."""
+    if not 0 < train_size <= 1:
+        raise ValueError(f"train_size must be in (0, 1], got {train_size}")
+    validation_size = 1.0 - train_size if validation_size is None else validation_size
+    if train_size + validation_size > 1 + 1e-9:
+        raise ValueError("train_size + validation_size must be <= 1")
+    n_train = int(np.ceil(train_size * n_obs))
+    n_val = min(int(np.floor(validation_size * n_obs)), n_obs - n_train)
+    perm = np.random.default_rng(seed).permutation(n_obs)
+    return perm[:n_train], perm[n_train : n_train + n_val]

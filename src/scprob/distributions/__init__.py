@@ -1,0 +1,31 @@
+"""Likelihoods (NB, ZINB, Poisson, Normal), latent distributions and the likelihood registry."""
+
+from ._count import (
+    NegativeBinomial,
+    Normal,
+    Poisson,
+    ZeroInflatedNegativeBinomial,
+    log_nb,
+    log_nb_logits,
+    log_poisson,
+    log_zinb_logits,
+)
+from ._latent import LATENT_DISTRIBUTIONS, LogisticNormal, latent_transform
+from .registry import available_likelihoods, get_likelihood, register_likelihood
+
+__all__ = [
+    "LATENT_DISTRIBUTIONS",
+    "LogisticNormal",
+    "NegativeBinomial",
+    "Normal",
+    "Poisson",
+    "ZeroInflatedNegativeBinomial",
+    "available_likelihoods",
+    "get_likelihood",
+    "latent_transform",
+    "log_nb",
+    "log_nb_logits",
+    "log_poisson",
+    "log_zinb_logits",
+    "register_likelihood",
+]

@@ -1,0 +1,189 @@
+"""Count likelihoods for single-cell data.
+
+All log-probabilities are written in forms that never evaluate ``log(0)``:
+
+* Negative binomial with mean ``mu`` and inverse dispersion ``theta``::
+
+      log NB(x | mu, theta) = lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)
+                              - theta * softplus(log mu - log theta)
+                              - x     * softplus(log theta - log mu)
+
+  which equals ``theta log(theta/(theta+mu)) + x log(mu/(theta+mu)) + ...``.
+  ``logits = log mu - log theta`` is the log-odds of the NB (the "logits form").
+* Zero-inflated NB with dropout logit ``pi`` (dropout probability ``sigmoid(pi)``)::
+
+      log p(0)   = logaddexp(pi, log NB(0)) - softplus(pi)
+      log p(x>0) = log NB(x) - softplus(pi)
+
+* Poisson: ``x log(rate) - rate - lgamma(x + 1)`` (``xlogy`` handles rate 0).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Distribution, Gamma
+from torch.distributions import Normal as _TorchNormal
+from torch.distributions import Poisson as _TorchPoisson
+
+_MAX_POISSON_RATE = 1e8
+
+
+def log_nb_logits(x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
+    """Elementwise NB log-pmf from ``log mu`` and ``log theta``."""
+    theta = log_theta.exp()
+    nb_logits = log_mu - log_theta
+    # x * softplus(-logits) is 0 * inf when mu == 0 and x == 0; the term is 0 then.
+    x_term = torch.where(x > 0, x * F.softplus(-nb_logits), torch.zeros_like(nb_logits))
+    return (
+        torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+        - theta * F.softplus(nb_logits)
+        - x_term
+    )
+
+
+def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Elementwise NB log-pmf, mean/inverse-dispersion form."""
+    return log_nb_logits(x, torch.log(mu), torch.log(theta))
+
+
+def log_zinb_logits(
+    x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor
+) -> torch.Tensor:
+    """Elementwise ZINB log-pmf; ``zi_logits`` is the logit of the dropout probability."""
+    log_nb_x = log_nb_logits(x, log_mu, log_theta)
+    zero = torch.logaddexp(zi_logits, log_nb_x)
+    return torch.where(x < 0.5, zero, log_nb_x) - F.softplus(zi_logits)
+
+
+def log_poisson(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    return torch.xlogy(x, rate) - rate - torch.lgamma(x + 1.0)
+
+
+def _gamma_poisson_sample(mu: torch.Tensor, theta: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    with torch.no_grad():
+        mu = mu.expand(shape)
+        theta = theta.expand(shape)
+        rate = Gamma(concentration=theta, rate=theta / mu.clamp_min(1e-30)).sample()
+        rate = torch.where(mu > 0, rate, torch.zeros_like(rate))
+        return torch.poisson(rate.clamp(max=_MAX_POISSON_RATE))
+
+
+class NegativeBinomial(Distribution):
+    """NB(mu, theta): mean ``mu``, inverse dispersion ``theta``; var = mu + mu^2 / theta.
+
+    Build either from ``mu`` or from ``log_mu`` (preferred inside models: no log(0)).
+    ``scale`` optionally carries the normalized expression (mu / library).
+    """
+
+    arg_constraints: dict = {}
+    support = torch.distributions.constraints.nonnegative_integer
+
+    def __init__(
+        self,
+        mu: torch.Tensor | None = None,
+        theta: torch.Tensor | None = None,
+        log_mu: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ):
+        if (mu is None) == (log_mu is None):
+            raise ValueError("Give exactly one of `mu` or `log_mu`.")
+        if theta is None:
+            raise ValueError("`theta` (inverse dispersion) is required.")
+        self.log_mu = torch.log(mu) if log_mu is None else log_mu
+        self.theta = theta
+        self.log_theta = torch.log(theta)
+        self.scale = scale
+        super().__init__(batch_shape=torch.broadcast_shapes(self.log_mu.shape, theta.shape), validate_args=False)
+
+    @property
+    def mu(self) -> torch.Tensor:
+        return self.log_mu.exp()
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.log_mu - self.log_theta
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.mu
+
+    @property
+    def variance(self) -> torch.Tensor:
+        mu = self.mu
+        return mu + mu * mu / self.theta
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return log_nb_logits(value, self.log_mu, self.log_theta)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        return _gamma_poisson_sample(self.mu, self.theta, shape)
+
+
+class ZeroInflatedNegativeBinomial(NegativeBinomial):
+    """ZINB: with probability ``sigmoid(zi_logits)`` the count is 0, else NB(mu, theta)."""
+
+    def __init__(
+        self,
+        mu: torch.Tensor | None = None,
+        theta: torch.Tensor | None = None,
+        zi_logits: torch.Tensor | None = None,
+        log_mu: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ):
+        if zi_logits is None:
+            raise ValueError("`zi_logits` is required for the zero-inflated NB.")
+        super().__init__(mu=mu, theta=theta, log_mu=log_mu, scale=scale)
+        self.zi_logits = zi_logits
+
+    @property
+    def zi_probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.zi_logits)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (1.0 - self.zi_probs) * self.mu
+
+    @property
+    def variance(self) -> torch.Tensor:
+        pi, mu = self.zi_probs, self.mu
+        return (1.0 - pi) * (mu + mu * mu / self.theta) + pi * (1.0 - pi) * mu * mu
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return log_zinb_logits(value, self.log_mu, self.log_theta, self.zi_logits)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        counts = _gamma_poisson_sample(self.mu, self.theta, shape)
+        with torch.no_grad():
+            dropped = torch.rand(shape, device=counts.device) < self.zi_probs.expand(shape)
+        return counts.masked_fill(dropped, 0.0)
+
+
+class Poisson(_TorchPoisson):
+    """Poisson(rate) with a ``log_prob`` that is exact at rate 0 and an optional ``scale``."""
+
+    def __init__(self, rate: torch.Tensor, scale: torch.Tensor | None = None):
+        super().__init__(rate=rate, validate_args=False)
+        self.scale = scale
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return log_poisson(value, self.rate)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            rate = self.rate.expand(self._extended_shape(sample_shape))
+            return torch.poisson(rate.clamp(max=_MAX_POISSON_RATE))
+
+
+class Normal(_TorchNormal):
+    """Gaussian likelihood (for continuous, e.g. normalized, data) with an optional ``scale``
+    attribute holding the normalized mean; ``loc``/``scale`` keep torch's meaning, so the
+    normalized mean is stored as ``normal_mu``."""
+
+    def __init__(self, loc: torch.Tensor, std: torch.Tensor, normal_mu: torch.Tensor | None = None):
+        super().__init__(loc, std, validate_args=False)
+        self.normal_mu = normal_mu

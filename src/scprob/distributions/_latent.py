@@ -1,0 +1,40 @@
+"""Latent distributions.
+
+``normal``: z ~ N(mu, sigma^2).  ``ln`` (logistic normal): z = softmax(z~), z~ ~ N(mu, sigma^2);
+the KL term is taken on the untransformed z~ against N(0, I), as in scVI.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Normal
+
+LATENT_DISTRIBUTIONS = ("normal", "ln")
+
+
+class LogisticNormal:
+    """Logistic-normal: a Normal in R^d pushed through softmax onto the simplex."""
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor):
+        self.base = Normal(loc, scale)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return torch.softmax(self.base.rsample(sample_shape), dim=-1)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Softmax of the base mean (the mode-like point estimate used for embeddings)."""
+        return torch.softmax(self.base.loc, dim=-1)
+
+
+def latent_transform(name: str):
+    """Return the map from the untransformed latent to z for ``name``."""
+    if name == "normal":
+        return lambda z: z
+    if name == "ln":
+        return lambda z: torch.softmax(z, dim=-1)
+    raise ValueError(f"latent_distribution must be one of {LATENT_DISTRIBUTIONS}, got {name!r}")

@@ -1,0 +1,264 @@
+"""What every model shares: registration, data stores, training, latent extraction,
+save/load.  A model holds a module, a registry and (while training) a plan."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._settings import settings
+from ..data import BatchLoader, DataError, TensorStore, get_registry, setup_anndata, split_indices, transfer_setup
+from ..data.registry import UNS_KEY
+from ..train import TrainingPlan, history_frames, run_training
+
+_FILE = "model.pt"
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """scvi-tools' rule: ~400 epochs for 20k cells or fewer, fewer for larger data."""
+    return int(max(1, min(round((20_000 / max(n_cells, 1)) * 400), 400)))
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("scprob", "torch", "lightning", "anndata"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 - version lookup is informative only
+            out[pkg] = "unknown"
+    return out
+
+
+class BaseModel:
+    """Base of user-facing models.  Subclasses build ``self.module`` in ``__init__`` and
+    record the constructor arguments in ``self.init_params`` (used by ``load``)."""
+
+    _plan_cls = TrainingPlan
+
+    def __init__(self, adata):
+        self.adata = adata
+        self.registry = get_registry(adata)
+        self.init_params: dict = {}
+        self.history_: dict = {}
+        self.is_trained_ = False
+        self._stores: dict[int, TensorStore] = {}
+        self._device = torch.device("cpu")
+        torch.manual_seed(settings.seed)  # module init is reproducible
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+    ) -> None:
+        """Validate ``adata`` and register the fields the model reads (see
+        :func:`scprob.data.setup_anndata`)."""
+        setup_anndata(
+            adata, layer=layer, batch_key=batch_key, labels_key=labels_key, size_factor_key=size_factor_key,
+            categorical_covariate_keys=categorical_covariate_keys, continuous_covariate_keys=continuous_covariate_keys,
+            model_name=cls.__name__,
+        )
+
+    @property
+    def history(self):
+        return self.history_
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def to_device(self, device: str | torch.device) -> None:
+        self._device = torch.device(device)
+        self.module.to(self._device)
+        self._stores.clear()
+
+    def _validate_anndata(self, adata=None):
+        """Return an AnnData ready to be read with this model's registry."""
+        if adata is None or adata is self.adata:
+            return self.adata
+        if UNS_KEY not in adata.uns or get_registry(adata).get("var_names") != self.registry["var_names"] \
+                or get_registry(adata).get("batch_categories") != self.registry["batch_categories"]:
+            transfer_setup(adata, self.registry)
+        return adata
+
+    def _store(self, adata=None) -> TensorStore:
+        adata = self._validate_anndata(adata)
+        key = id(adata)
+        if key not in self._stores:
+            self._stores = {k: v for k, v in self._stores.items() if k == id(self.adata)}
+            self._stores[key] = self._make_store(adata)
+        return self._stores[key]
+
+    def _make_store(self, adata) -> TensorStore:
+        return TensorStore(adata, get_registry(adata), device=self._device)
+
+    def _loader(self, adata=None, indices=None, batch_size: int | None = None) -> BatchLoader:
+        store = self._store(adata)
+        return BatchLoader(store, indices, batch_size=batch_size or 1024, shuffle=False)
+
+    # --------------------------------------------------------------- training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        batch_size: int = 128,
+        early_stopping: bool = False,
+        seed: int | None = None,
+        plan_kwargs: dict | None = None,
+        enable_progress_bar: bool = True,
+        **trainer_kwargs,
+    ) -> None:
+        """Train with Lightning.
+
+        ``max_epochs`` defaults to ``min(400, round(20000 / n_cells * 400))``.  ``plan_kwargs``
+        go to :class:`~scprob.train.TrainingPlan` (lr, weight_decay, n_epochs_kl_warmup,
+        n_steps_kl_warmup, reduce_lr_on_plateau, ...); other keyword arguments go to
+        ``lightning.Trainer`` (``strategy``, ``check_val_every_n_epoch``, ...) or to the
+        early-stopping callback (``early_stopping_patience``, ``early_stopping_monitor``).
+        """
+        import lightning.pytorch as pl
+
+        settings.apply_threads()
+        seed = settings.seed if seed is None else seed
+        pl.seed_everything(seed, verbose=False)
+        n = self.adata.n_obs
+        max_epochs = default_max_epochs(n) if max_epochs is None else int(max_epochs)
+        strategy = trainer_kwargs.get("strategy", "auto")
+        if (
+            torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+            and strategy == "auto" and devices in ("auto", 1, [0], "1")
+        ):
+            self.to_device("cuda")  # tensors are built once on the GPU
+        else:
+            self.to_device("cpu")
+        store = self._store()
+        train_idx, val_idx = split_indices(n, train_size, validation_size, seed=seed)
+        train_loader = BatchLoader(store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=3)
+        val_loader = BatchLoader(store, val_idx, batch_size, shuffle=False) if len(val_idx) else None
+        if len(train_loader) == 0:
+            raise DataError(f"Too few cells to train ({len(train_idx)} in the training split).")
+        self.train_indices_, self.validation_indices_ = train_idx, val_idx
+        plan = self._plan_cls(self.module, **(plan_kwargs or {}))
+        run_training(
+            plan, train_loader, val_loader, max_epochs=max_epochs, accelerator=accelerator, devices=devices,
+            early_stopping=early_stopping, enable_progress_bar=enable_progress_bar, **trainer_kwargs,
+        )
+        self.history_ = history_frames(plan.history)
+        self.module.eval()
+        self._device = next(self.module.parameters()).device
+        self.is_trained_ = True
+
+    # -------------------------------------------------------------- inference
+    def _check_trained(self) -> None:
+        if not self.is_trained_:
+            raise RuntimeError(f"{type(self).__name__} is not trained yet: call .train() first.")
+
+    def _batches(self, adata=None, indices=None, batch_size: int | None = None):
+        settings.apply_threads()
+        self.module.eval()
+        with torch.inference_mode():
+            yield from self._loader(adata, indices, batch_size)
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self, adata=None, indices=None, give_mean: bool = True, mc_samples: int = 5000, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Posterior of z per cell: its mean (``give_mean``) or one sample.  For the
+        logistic-normal latent the mean is a Monte-Carlo average of softmax samples."""
+        self._check_trained()
+        out = []
+        for tensors in self._batches(adata, indices, batch_size):
+            inf = self.module.inference(**self.module._get_inference_input(tensors))
+            qz = inf["qz"]
+            if getattr(self.module, "latent_distribution", "normal") == "ln":
+                z = self.module.z_encoder.z_transform(qz.sample((mc_samples,))).mean(0) if give_mean else inf["z"]
+            else:
+                z = qz.loc if give_mean else inf["z"]
+            out.append(z.cpu())
+        return torch.cat(out).numpy()
+
+    # ------------------------------------------------------------ save / load
+    def save(self, dir_path: str | os.PathLike, overwrite: bool = False, save_anndata: bool = False) -> None:
+        """Write weights, registry, constructor arguments, history and versions to
+        ``dir_path/model.pt`` (and ``adata.h5ad`` if ``save_anndata``).  The folder is
+        written under a temporary name and renamed at the end: never half-written."""
+        target = Path(dir_path)
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            payload = dict(
+                model_class=type(self).__name__, state_dict={k: v.cpu() for k, v in self.module.state_dict().items()},
+                init_params=self.init_params, registry=self.registry, history=self.history_,
+                is_trained=self.is_trained_, versions=_versions(), extra=self._extra_state(),
+            )
+            torch.save(payload, tmp / _FILE)
+            if save_anndata:
+                self.adata.write_h5ad(tmp / "adata.h5ad")
+            if target.exists():
+                trash = target.with_name(f".{target.name}.old")
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(target, trash)
+                os.replace(tmp, target)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        pass
+
+    @classmethod
+    def load(cls, dir_path: str | os.PathLike, adata=None, accelerator: str = "cpu"):
+        """Load a saved model onto ``adata`` (which must have the model's genes; its
+        batches must be among the model's).  ``adata=None`` uses the saved AnnData."""
+        path = Path(dir_path) / _FILE
+        if not path.exists():
+            raise FileNotFoundError(f"No saved model at {path}")
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if payload["model_class"] != cls.__name__:
+            raise DataError(f"{path} holds a {payload['model_class']} model, not {cls.__name__}.")
+        if adata is None:
+            h5 = Path(dir_path) / "adata.h5ad"
+            if not h5.exists():
+                raise DataError(f"{dir_path} was saved without its AnnData; pass adata=.")
+            import anndata as ad
+
+            adata = ad.read_h5ad(h5)
+        transfer_setup(adata, payload["registry"])
+        model = cls(adata, **payload["init_params"])
+        model.module.load_state_dict(payload["state_dict"])
+        model.history_ = payload["history"]
+        model.is_trained_ = payload["is_trained"]
+        model._load_extra_state(payload.get("extra", {}))
+        model.module.eval()
+        if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+            model.to_device("cuda")
+        return model
+
+    def __repr__(self) -> str:
+        r = self.registry
+        return (
+            f"{type(self).__name__}({r['n_obs']} cells x {r['n_vars']} genes, "
+            f"{len(r['batch_categories'])} batch(es), trained={self.is_trained_})"
+        )

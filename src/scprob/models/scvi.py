@@ -1,0 +1,172 @@
+"""SCVI and LDVAE: the user-facing scVI family (scvi-tools calling convention)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.validate import check_counts_for_likelihood
+from ..distributions import get_likelihood
+from ..modules import VAE
+from .base import BaseModel
+
+
+class SCVI(BaseModel):
+    """single-cell Variational Inference (Lopez et al. 2018).
+
+    >>> SCVI.setup_anndata(adata, batch_key="batch")
+    >>> model = SCVI(adata)
+    >>> model.train()
+    >>> adata.obsm["X_scvi"] = model.get_latent_representation()
+
+    Extra ``module_kwargs`` are any :class:`scprob.modules.VAE` option (``encode_covariates``,
+    ``use_observed_lib_size``, ``batch_representation``, ``use_layer_norm``, ...).
+    """
+
+    def __init__(
+        self,
+        adata,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
+        gene_likelihood: str = "zinb",
+        latent_distribution: Literal["normal", "ln"] = "normal",
+        **module_kwargs,
+    ):
+        super().__init__(adata)
+        self.init_params = dict(
+            n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers, dropout_rate=dropout_rate,
+            dispersion=dispersion, gene_likelihood=gene_likelihood, latent_distribution=latent_distribution,
+            **module_kwargs,
+        )
+        self.module = self._build_module(**self.init_params)
+
+    def _build_module(self, gene_likelihood: str, **kwargs) -> VAE:
+        reg = self.registry
+        check_counts_for_likelihood(reg, gene_likelihood, get_likelihood(gene_likelihood)["is_count"])
+        args = reg["setup_args"]
+        return VAE(
+            n_input=reg["n_vars"],
+            n_batch=len(reg["batch_categories"]),
+            n_labels=len(reg["label_categories"]),
+            n_continuous_cov=reg["n_continuous_cov"],
+            n_cats_per_cov=[len(reg["categorical_covariate_categories"][k]) for k in args["categorical_covariate_keys"]],
+            use_size_factor_key=args["size_factor_key"] is not None,
+            library_log_means=np.asarray(reg["library_log_means"]),
+            library_log_vars=np.asarray(reg["library_log_vars"]),
+            gene_likelihood=gene_likelihood,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------ expression
+    def _batch_codes(self, transform_batch) -> list[int | None]:
+        if transform_batch is None:
+            return [None]
+        names = [transform_batch] if isinstance(transform_batch, (str, int)) else list(transform_batch)
+        cats = self.registry["batch_categories"]
+        codes = []
+        for b in names:
+            if str(b) not in cats:
+                raise ValueError(f"transform_batch {b!r} is not a batch of this model; batches: {cats}")
+            codes.append(cats.index(str(b)))
+        return codes
+
+    def _gene_mask(self, gene_list: Sequence[str] | None) -> np.ndarray | slice:
+        if gene_list is None:
+            return slice(None)
+        names = self.registry["var_names"]
+        pos = {g: i for i, g in enumerate(names)}
+        missing = [g for g in gene_list if g not in pos]
+        if missing:
+            raise ValueError(f"genes not in the model: {missing[:10]}")
+        return np.array([pos[g] for g in gene_list])
+
+    @torch.inference_mode()
+    def get_normalized_expression(
+        self,
+        adata=None,
+        indices=None,
+        transform_batch: str | Sequence[str] | None = None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float | Literal["latent"] = 1.0,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+        return_numpy: bool | None = None,
+    ) -> pd.DataFrame | np.ndarray:
+        """Denoised expression E[x | z] / library: ``px_scale * library_size`` (or the
+        model's mean ``exp(l) * px_scale`` for ``library_size="latent"``), averaged over
+        ``transform_batch`` batches (batch-corrected when set) and, with ``return_mean``,
+        over ``n_samples`` posterior draws.  Cells x genes DataFrame, or an array of
+        shape (n_samples, cells, genes) when samples are kept."""
+        self._check_trained()
+        adata = self._validate_anndata(adata)
+        genes = self._gene_mask(gene_list)
+        codes = self._batch_codes(transform_batch)
+        chunks = []
+        for tensors in self._batches(adata, indices, batch_size):
+            per_batch = []
+            for code in codes:
+                inf, gen = self.module(
+                    tensors, inference_kwargs=dict(n_samples=n_samples),
+                    generative_kwargs=dict(transform_batch=code), compute_loss=False,
+                )
+                scale = gen["px_scale"] * (gen["library"].exp() if library_size == "latent" else float(library_size))
+                per_batch.append(scale[..., genes])
+            val = torch.stack(per_batch).mean(0)
+            if n_samples > 1 and return_mean:
+                val = val.mean(0)
+            chunks.append(val.cpu())
+        out = torch.cat(chunks, dim=-2).numpy()
+        if out.ndim == 3 or return_numpy:
+            return out
+        idx = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
+        cols = np.asarray(self.registry["var_names"])[genes]
+        return pd.DataFrame(out, index=idx, columns=cols)
+
+
+class LDVAE(SCVI):
+    """Linearly decoded VAE (Svensson et al. 2020): scVI with a linear decoder whose
+    weights (``get_loadings``) tie each latent factor to genes.  It is the VAE module
+    built with ``decoder_type="linear"``."""
+
+    def __init__(
+        self,
+        adata,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers_encoder: int = 1,
+        dropout_rate: float = 0.1,
+        dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
+        gene_likelihood: str = "nb",
+        use_batch_norm: bool = True,
+        bias: bool = False,
+        latent_distribution: Literal["normal", "ln"] = "normal",
+        use_observed_lib_size: bool = False,
+        **module_kwargs,
+    ):
+        BaseModel.__init__(self, adata)
+        self.init_params = dict(
+            n_hidden=n_hidden, n_latent=n_latent, n_layers_encoder=n_layers_encoder, dropout_rate=dropout_rate,
+            dispersion=dispersion, gene_likelihood=gene_likelihood, use_batch_norm=use_batch_norm, bias=bias,
+            latent_distribution=latent_distribution, use_observed_lib_size=use_observed_lib_size, **module_kwargs,
+        )
+        module_kwargs = dict(module_kwargs)
+        module_kwargs.setdefault("use_layer_norm", "none")
+        self.module = self._build_module(
+            n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers_encoder, dropout_rate=dropout_rate,
+            dispersion=dispersion, gene_likelihood=gene_likelihood, latent_distribution=latent_distribution,
+            use_batch_norm="both" if use_batch_norm else "encoder", use_observed_lib_size=use_observed_lib_size,
+            decoder_type="linear", linear_decoder_bias=bias, **module_kwargs,
+        )
+
+    def get_loadings(self) -> pd.DataFrame:
+        """Genes x latent loadings of the linear decoder (batch-norm folded in)."""
+        w = self.module.get_loadings()
+        return pd.DataFrame(w, index=self.registry["var_names"], columns=[f"Z_{i}" for i in range(w.shape[1])])

@@ -1,0 +1,213 @@
+"""Fully connected blocks with covariate injection.
+
+A layer computes ``h' = act(norm(W [h, onehot(c_1), ..., onehot(c_K)] + b))``.
+The one-hot part of the product is ``W_k[:, c_k]``, so it is implemented as an
+``nn.Embedding`` lookup added to ``W h`` — the same function as concatenating one-hot
+vectors, without building them.  Covariates enter the first layer always, and every
+later layer when ``inject_covariates`` is set (scVI's ``deeply_inject_covariates``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+class CovariateLinear(nn.Module):
+    """``W [x, onehot(c_1..c_K)] + b`` with embeddings standing in for the one-hot columns."""
+
+    def __init__(self, n_in: int, n_out: int, n_cats: Sequence[int] = (), bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out, bias=bias)
+        self.cat_weights = nn.ModuleList(nn.Embedding(n, n_out) for n in n_cats)
+        # Same init as the columns of one nn.Linear over the concatenated input.
+        bound = 1.0 / (n_in + sum(n_cats)) ** 0.5
+        for emb in self.cat_weights:
+            nn.init.uniform_(emb.weight, -bound, bound)
+        if n_cats:
+            nn.init.uniform_(self.linear.weight, -bound, bound)
+            if bias:
+                nn.init.uniform_(self.linear.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        out = self.linear(x)
+        for emb, c in zip(self.cat_weights, cats):
+            out = out + emb(c.reshape(-1))
+        return out
+
+
+class FCLayers(nn.Module):
+    """Stack of ``CovariateLinear -> [BatchNorm] -> [LayerNorm] -> act -> Dropout``.
+
+    Parameters
+    ----------
+    n_in, n_out, n_hidden, n_layers
+        Shapes: ``n_layers`` layers, the last one mapping to ``n_out``.
+    n_cats
+        Number of categories of each categorical covariate (0 or 1 are skipped).
+    inject_covariates
+        Feed covariates into every layer, not only the first.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_cats: Sequence[int] = (),
+        n_layers: int = 1,
+        n_hidden: int = 128,
+        dropout_rate: float = 0.1,
+        use_batch_norm: bool = True,
+        use_layer_norm: bool = False,
+        use_activation: bool = True,
+        bias: bool = True,
+        inject_covariates: bool = True,
+        activation_fn: Callable[[], nn.Module] = nn.ReLU,
+    ):
+        super().__init__()
+        self.n_cats = [n if n > 1 else 0 for n in n_cats]
+        dims = [n_in] + [n_hidden] * (n_layers - 1) + [n_out]
+        self.layers = nn.ModuleList()
+        self.post = nn.ModuleList()
+        self.inject = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            inject = i == 0 or inject_covariates
+            self.inject.append(inject)
+            cats = [n for n in self.n_cats if n > 0] if inject else []
+            self.layers.append(CovariateLinear(d_in, d_out, cats, bias=bias))
+            post: list[nn.Module] = []
+            if use_batch_norm:
+                post.append(nn.BatchNorm1d(d_out, momentum=0.01, eps=1e-3))
+            if use_layer_norm:
+                post.append(nn.LayerNorm(d_out, elementwise_affine=False))
+            if use_activation:
+                post.append(activation_fn())
+            if dropout_rate > 0:
+                post.append(nn.Dropout(p=dropout_rate))
+            self.post.append(nn.Sequential(*post))
+
+    def forward(self, x: torch.Tensor, *cat_list: torch.Tensor) -> torch.Tensor:
+        cats = [c for c, n in zip(cat_list, self.n_cats) if n > 0]
+        for layer, post, inject in zip(self.layers, self.post, self.inject):
+            x = post(layer(x, cats if inject else ()))
+        return x
+
+
+class Encoder(nn.Module):
+    """q(z | x, c) = N(mu(h), var_activation(v(h)) + var_eps) with h = FCLayers(x, c).
+
+    Returns the Normal and a reparameterized sample pushed through ``z_transform``
+    (identity for ``normal``, softmax for the logistic normal).
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_cats: Sequence[int] = (),
+        n_layers: int = 1,
+        n_hidden: int = 128,
+        dropout_rate: float = 0.1,
+        z_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        var_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        var_eps: float = 1e-4,
+        **fc_kwargs,
+    ):
+        super().__init__()
+        self.encoder = FCLayers(n_in, n_hidden, n_cats, n_layers, n_hidden, dropout_rate, **fc_kwargs)
+        self.mean_encoder = nn.Linear(n_hidden, n_out)
+        self.var_encoder = nn.Linear(n_hidden, n_out)
+        self.z_transform = z_transform or (lambda z: z)
+        self.var_activation = var_activation or torch.exp
+        self.var_eps = var_eps
+
+    def forward(self, x: torch.Tensor, *cat_list: torch.Tensor):
+        q = self.encoder(x, *cat_list)
+        q_m = self.mean_encoder(q)
+        q_v = self.var_activation(self.var_encoder(q)) + self.var_eps
+        dist = torch.distributions.Normal(q_m, q_v.sqrt(), validate_args=False)
+        return dist, self.z_transform(dist.rsample())
+
+
+class DecoderSCVI(nn.Module):
+    """Decoder of scVI: h = FCLayers(z, c); returns
+
+    * ``log_scale`` = log_softmax(W_s h) — log normalized expression (``softplus`` instead
+      of softmax when the library is an external size factor),
+    * ``r`` = W_r h — per-cell log dispersion (used with ``dispersion="gene-cell"``),
+    * ``dropout`` = W_d h — zero-inflation logits.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_cats: Sequence[int] = (),
+        n_layers: int = 1,
+        n_hidden: int = 128,
+        scale_activation: str = "softmax",
+        **fc_kwargs,
+    ):
+        super().__init__()
+        self.px_decoder = FCLayers(n_in, n_hidden, n_cats, n_layers, n_hidden, dropout_rate=0.0, **fc_kwargs)
+        self.px_scale_decoder = nn.Linear(n_hidden, n_out)
+        self.px_r_decoder = nn.Linear(n_hidden, n_out)
+        self.px_dropout_decoder = nn.Linear(n_hidden, n_out)
+        self.scale_activation = scale_activation
+
+    def forward(self, z: torch.Tensor, *cat_list: torch.Tensor, need_r: bool = True, need_dropout: bool = True):
+        h = self.px_decoder(z, *cat_list)
+        raw = self.px_scale_decoder(h)
+        if self.scale_activation == "softmax":
+            log_scale = torch.log_softmax(raw, dim=-1)
+        else:
+            log_scale = torch.log(nn.functional.softplus(raw) + 1e-12)
+        r = self.px_r_decoder(h) if need_r else None
+        dropout = self.px_dropout_decoder(h) if need_dropout else None
+        return log_scale, r, dropout
+
+
+class LinearDecoderSCVI(nn.Module):
+    """Linear decoder of LDVAE: log_scale = log_softmax(W z + W_c c [+ b]), optionally
+    batch-normalized; the dropout logits get their own linear map.  ``W`` are the loadings."""
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_cats: Sequence[int] = (),
+        use_batch_norm: bool = False,
+        use_layer_norm: bool = False,
+        bias: bool = False,
+        scale_activation: str = "softmax",
+        **_,
+    ):
+        super().__init__()
+        kw = dict(
+            n_layers=1, dropout_rate=0.0, use_batch_norm=use_batch_norm, use_layer_norm=use_layer_norm,
+            use_activation=False, bias=bias,
+        )
+        self.factor_regressor = FCLayers(n_in, n_out, n_cats, **kw)
+        self.px_dropout_decoder = FCLayers(n_in, n_out, n_cats, **kw)
+        self.scale_activation = scale_activation
+
+    def forward(self, z: torch.Tensor, *cat_list: torch.Tensor, need_r: bool = True, need_dropout: bool = True):
+        raw = self.factor_regressor(z, *cat_list)
+        if self.scale_activation == "softmax":
+            log_scale = torch.log_softmax(raw, dim=-1)
+        else:
+            log_scale = torch.log(nn.functional.softplus(raw) + 1e-12)
+        dropout = self.px_dropout_decoder(z, *cat_list) if need_dropout else None
+        return log_scale, None, dropout
+
+    def loadings(self) -> torch.Tensor:
+        """Genes x latent weights, with the batch-norm affine map folded in when present."""
+        layer = self.factor_regressor.layers[0].linear
+        w = layer.weight.detach()
+        post = self.factor_regressor.post[0]
+        bn = next((m for m in post if isinstance(m, nn.BatchNorm1d)), None)
+        if bn is not None:
+            w = w * (bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)).unsqueeze(1)
+        return w

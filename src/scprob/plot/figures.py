@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(history: dict, path: str | Path) -> Path:
+    """ELBO, reconstruction loss and local KL per epoch, train vs validation."""
+    plt = _plt()
+    panels = [("elbo", "ELBO (negative, per cell)"), ("reconstruction_loss", "reconstruction loss"), ("kl_local", "local KL")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3))
+    for ax, (key, title) in zip(axes, panels):
+        for split, style in (("train", "-"), ("validation", "--")):
+            df = history.get(f"{key}_{split}")
+            if df is not None and len(df):
+                ax.plot(df.index, df.iloc[:, 0], style, label=split)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def embed_2d(latent: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """t-SNE of the latent for up to 20,000 cells, PCA beyond (t-SNE cost grows fast)."""
+    if latent.shape[0] <= 20_000 and latent.shape[0] > 5:
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, (latent.shape[0] - 1) // 3)))
+        return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(latent), "t-SNE"
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2, random_state=seed).fit_transform(latent), "PCA"
+
+
+def plot_embedding(coords: np.ndarray, colors: dict[str, np.ndarray], path: str | Path, method: str = "t-SNE") -> Path:
+    """One scatter panel per colouring (e.g. batch, label)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(colors), figsize=(5.2 * len(colors), 4.4), squeeze=False)
+    for ax, (name, values) in zip(axes[0], colors.items()):
+        values = np.asarray(values).astype(str)
+        cats = np.unique(values)
+        cmap = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
+        for i, c in enumerate(cats):
+            sel = values == c
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=6, color=cmap(i % cmap.N), label=c, linewidths=0)
+        ax.set_title(f"latent ({method}) by {name}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if len(cats) <= 20:
+            ax.legend(markerscale=2.5, fontsize=7, frameon=False, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

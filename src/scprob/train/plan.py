@@ -1,0 +1,174 @@
+"""Lightning training plans.  A plan trains any module through the LossOutput protocol.
+
+:class:`TrainingPlan` minimizes the negative ELBO with a KL warm-up weight
+
+    beta(t) = min_kl + (max_kl - min_kl) * min(1, t / T)
+
+over epochs (``n_epochs_kl_warmup``) or steps (``n_steps_kl_warmup``, which wins when
+set), using Adam(lr, eps, weight decay) and optionally ReduceLROnPlateau.  Per-step
+work is one forward/backward; sums for the epoch metrics stay on the device and are
+reduced across ranks once per epoch into ``history``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import lightning.pytorch as pl
+import torch
+
+from ..modules.base import LossOutput
+
+
+class TrainingPlan(pl.LightningModule):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        eps: float = 0.01,
+        optimizer: str = "Adam",
+        n_steps_kl_warmup: int | None = None,
+        n_epochs_kl_warmup: int | None = 400,
+        max_kl_weight: float = 1.0,
+        min_kl_weight: float = 0.0,
+        reduce_lr_on_plateau: bool = False,
+        lr_factor: float = 0.6,
+        lr_patience: int = 30,
+        lr_threshold: float = 0.0,
+        lr_min: float = 0.0,
+        lr_scheduler_metric: str = "elbo_validation",
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.module = torch.compile(module) if compile else module
+        self._raw_module = module
+        self.lr, self.weight_decay, self.eps, self.optimizer_name = lr, weight_decay, eps, optimizer
+        self.n_steps_kl_warmup, self.n_epochs_kl_warmup = n_steps_kl_warmup, n_epochs_kl_warmup
+        self.max_kl_weight, self.min_kl_weight = max_kl_weight, min_kl_weight
+        self.reduce_lr_on_plateau = reduce_lr_on_plateau
+        self.lr_factor, self.lr_patience, self.lr_threshold, self.lr_min = lr_factor, lr_patience, lr_threshold, lr_min
+        self.lr_scheduler_metric = lr_scheduler_metric
+        self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self._acc: dict[str, dict[str, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------ KL warm-up
+    @property
+    def kl_weight(self) -> float:
+        span = self.max_kl_weight - self.min_kl_weight
+        if self.n_steps_kl_warmup:
+            frac = self.global_step / self.n_steps_kl_warmup
+        elif self.n_epochs_kl_warmup:
+            frac = self.current_epoch / self.n_epochs_kl_warmup
+        else:
+            return self.max_kl_weight
+        return self.min_kl_weight + span * min(1.0, frac)
+
+    # ------------------------------------------------------------- metrics
+    def _accumulate(self, split: str, lo: LossOutput) -> None:
+        acc = self._acc.get(split)
+        vals = torch.stack(
+            [
+                lo.reconstruction_loss_sum.detach(),
+                lo.kl_local_sum.detach(),
+                torch.as_tensor(lo.kl_global_sum, device=lo.loss.device).detach() * lo.n_obs_minibatch,
+                lo.loss.detach(),
+                torch.ones((), device=lo.loss.device),
+                torch.as_tensor(float(lo.n_obs_minibatch), device=lo.loss.device),
+            ]
+        )
+        extras = {k: torch.as_tensor(v).detach().float().sum() for k, v in lo.extra_metrics.items()}
+        if acc is None:
+            self._acc[split] = {"core": vals, **extras}
+        else:
+            acc["core"] = acc["core"] + vals
+            for k, v in extras.items():
+                acc[k] = acc[k] + v if k in acc else v
+
+    def _flush(self, split: str) -> None:
+        acc = self._acc.pop(split, None)
+        if acc is None or self.trainer.sanity_checking:
+            return
+        core = self.trainer.strategy.reduce(acc["core"], reduce_op="sum")
+        rec, kl_local, kl_global, loss_sum, n_steps, n_obs = core.tolist()
+        metrics = {
+            f"elbo_{split}": (rec + kl_local + kl_global) / n_obs,
+            f"reconstruction_loss_{split}": rec / n_obs,
+            f"kl_local_{split}": kl_local / n_obs,
+            f"kl_global_{split}": kl_global / n_obs,
+        }
+        if split == "train":
+            metrics["train_loss"] = loss_sum / n_steps
+            metrics["kl_weight"] = self.kl_weight
+            metrics["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+        else:
+            metrics["validation_loss"] = loss_sum / n_steps
+        for k, v in acc.items():
+            if k != "core":
+                metrics[f"{k}_{split}"] = float(self.trainer.strategy.reduce(v, reduce_op="sum")) / n_obs
+        for k, v in metrics.items():
+            self.history[k].append((self.current_epoch, float(v)))
+        # one log call per epoch, for EarlyStopping / LR schedulers / user loggers
+        self.log_dict({k: float(v) for k, v in metrics.items()}, on_epoch=True, on_step=False, sync_dist=False)
+
+    # ---------------------------------------------------------------- steps
+    def training_step(self, batch, batch_idx):
+        _, _, lo = self.module(batch, loss_kwargs={"kl_weight": self.kl_weight})
+        self._accumulate("train", lo)
+        return lo.loss
+
+    def validation_step(self, batch, batch_idx):
+        _, _, lo = self.module(batch, loss_kwargs={"kl_weight": self.kl_weight})
+        self._accumulate("validation", lo)
+
+    def on_train_epoch_end(self):
+        self._flush("train")
+
+    def on_validation_epoch_end(self):
+        self._flush("validation")
+
+    def configure_optimizers(self):
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if self.optimizer_name == "Adam":
+            opt = torch.optim.Adam(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+        elif self.optimizer_name == "AdamW":
+            opt = torch.optim.AdamW(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+        else:
+            raise ValueError(f"optimizer must be 'Adam' or 'AdamW', got {self.optimizer_name!r}")
+        if not self.reduce_lr_on_plateau:
+            return opt
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=self.lr_factor, patience=self.lr_patience,
+            threshold=self.lr_threshold, min_lr=self.lr_min,
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.lr_scheduler_metric}}
+
+
+class PyroTrainingPlan(TrainingPlan):
+    """Stochastic variational inference for :class:`~scprob.modules.PyroBaseModule`:
+    the loss is ``Trace_ELBO`` of (model, guide) divided by the minibatch size."""
+
+    def __init__(self, module, loss_fn=None, **kwargs):
+        kwargs.setdefault("n_epochs_kl_warmup", None)
+        super().__init__(module, **kwargs)
+        import pyro
+
+        self.loss_fn = loss_fn or pyro.infer.Trace_ELBO()
+
+    def _step(self, batch, split: str):
+        args, kwargs = self._raw_module._get_fn_args_from_batch(batch)
+        n = next(iter(batch.values())).shape[0]
+        elbo_loss = self.loss_fn.differentiable_loss(self._raw_module.model, self._raw_module.guide, *args, **kwargs)
+        lo = LossOutput(loss=elbo_loss / n, reconstruction_loss=elbo_loss.detach().reshape(1), n_obs_minibatch=n)
+        self._accumulate(split, lo)
+        return lo.loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "validation")
+
+    def configure_optimizers(self):
+        # Pyro creates some parameters lazily; run one guide pass first (see train.fit).
+        return super().configure_optimizers()

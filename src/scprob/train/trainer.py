@@ -1,0 +1,97 @@
+"""Running a plan with a Lightning ``Trainer``.
+
+Lightning is what lets a user move from one CPU to many GPUs or nodes: ``accelerator``,
+``devices``, ``strategy`` (e.g. ``"ddp"``) and any other ``Trainer`` option pass through.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import lightning.pytorch as pl
+import pandas as pd
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+log = logging.getLogger("scprob")
+
+
+class EpochProgressBar(Callback):
+    """One tqdm bar over epochs (per-step bars cost time and say little)."""
+
+    def __init__(self, max_epochs: int):
+        self.max_epochs = max_epochs
+        self.bar = None
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.max_epochs, desc="Training", unit="epoch", dynamic_ncols=True)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.bar is not None:
+            hist = pl_module.history
+            post = {k: f"{hist[k][-1][1]:.4g}" for k in ("train_loss", "elbo_validation") if hist.get(k)}
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(1)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def history_frames(history: dict[str, list[tuple[int, float]]]) -> dict[str, pd.DataFrame]:
+    """scvi-tools layout: one DataFrame per metric, indexed by epoch, one column."""
+    out = {}
+    for key, rows in history.items():
+        df = pd.DataFrame(rows, columns=["epoch", key]).drop_duplicates("epoch", keep="last").set_index("epoch")
+        out[key] = df
+    return out
+
+
+def run_training(
+    plan: pl.LightningModule,
+    train_loader,
+    val_loader=None,
+    max_epochs: int = 400,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    strategy: str = "auto",
+    early_stopping: bool = False,
+    early_stopping_monitor: str = "elbo_validation",
+    early_stopping_patience: int = 45,
+    early_stopping_min_delta: float = 0.0,
+    enable_progress_bar: bool = True,
+    callbacks: list | None = None,
+    **trainer_kwargs,
+) -> pl.Trainer:
+    """Fit ``plan`` on ``train_loader`` (validating on ``val_loader`` if given)."""
+    callbacks = list(callbacks or [])
+    has_val = val_loader is not None and len(val_loader) > 0
+    if early_stopping:
+        if not has_val and early_stopping_monitor.endswith("validation"):
+            raise ValueError("early_stopping monitors a validation metric: use train_size < 1.")
+        callbacks.append(
+            EarlyStopping(monitor=early_stopping_monitor, patience=early_stopping_patience,
+                          min_delta=early_stopping_min_delta, mode="min", check_on_train_epoch_end=False if has_val else True)
+        )
+    if enable_progress_bar:
+        callbacks.append(EpochProgressBar(max_epochs))
+    kwargs = dict(
+        max_epochs=max_epochs, accelerator=accelerator, devices=devices, strategy=strategy,
+        logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=False, num_sanity_val_steps=0, callbacks=callbacks,
+        use_distributed_sampler=False,
+    )
+    kwargs.update(trainer_kwargs)
+    if not has_val:
+        kwargs["limit_val_batches"] = 0
+    trainer = pl.Trainer(**kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*Total length of.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader if has_val else None)
+    return trainer
