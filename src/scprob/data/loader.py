@@ -95,6 +95,9 @@ class BatchLoader:
         New permutation each epoch, from ``seed + epoch`` (reproducible).
     drop_last_below
         Skip a final minibatch smaller than this (BatchNorm cannot train on 1 cell).
+    shard
+        Under ``torch.distributed``, give each rank an equal share (training and
+        validation); inference loaders keep every cell.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class BatchLoader:
         shuffle: bool = False,
         seed: int = 0,
         drop_last_below: int = 0,
+        shard: bool = False,
     ):
         self.store = store
         self.indices = torch.as_tensor(np.arange(store.n_obs) if indices is None else np.asarray(indices), dtype=torch.int64)
@@ -112,14 +116,18 @@ class BatchLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last_below = drop_last_below
+        self.shard = shard
         self.epoch = 0
+
+    def _distributed(self) -> bool:
+        return self.shard and torch.distributed.is_available() and torch.distributed.is_initialized()
 
     def _rank_indices(self) -> torch.Tensor:
         idx = self.indices
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             idx = idx[torch.randperm(idx.shape[0], generator=g)]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self._distributed():
             world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
             per_rank = -(-idx.shape[0] // world)
             idx = torch.cat([idx, idx[: per_rank * world - idx.shape[0]]])  # pad: equal shares
@@ -132,7 +140,7 @@ class BatchLoader:
 
     def __len__(self) -> int:
         n = self.indices.shape[0]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self._distributed():
             n = -(-n // torch.distributed.get_world_size())
         return self._n_batches(n)
 

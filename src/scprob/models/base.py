@@ -148,8 +148,8 @@ class BaseModel:
             self.to_device("cpu")
         store = self._store()
         train_idx, val_idx = split_indices(n, train_size, validation_size, seed=seed)
-        train_loader = BatchLoader(store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=3)
-        val_loader = BatchLoader(store, val_idx, batch_size, shuffle=False) if len(val_idx) else None
+        train_loader = BatchLoader(store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=3, shard=True)
+        val_loader = BatchLoader(store, val_idx, batch_size, shuffle=False, shard=True) if len(val_idx) else None
         if len(train_loader) == 0:
             raise DataError(f"Too few cells to train ({len(train_idx)} in the training split).")
         self.train_indices_, self.validation_indices_ = train_idx, val_idx

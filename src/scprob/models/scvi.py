@@ -111,12 +111,12 @@ class SCVI(BaseModel):
         codes = self._batch_codes(transform_batch)
         chunks = []
         for tensors in self._batches(adata, indices, batch_size):
+            # one posterior draw per cell, decoded under each requested batch
+            inf = self.module.inference(**self.module._get_inference_input(tensors), n_samples=n_samples)
+            gen_in = self.module._get_generative_input(tensors, inf)
             per_batch = []
             for code in codes:
-                inf, gen = self.module(
-                    tensors, inference_kwargs=dict(n_samples=n_samples),
-                    generative_kwargs=dict(transform_batch=code), compute_loss=False,
-                )
+                gen = self.module.generative(**gen_in, transform_batch=code)
                 scale = gen["px_scale"] * (gen["library"].exp() if library_size == "latent" else float(library_size))
                 per_batch.append(scale[..., genes])
             val = torch.stack(per_batch).mean(0)

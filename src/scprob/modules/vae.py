@@ -132,7 +132,8 @@ class VAE(BaseModule):
             self.register_buffer("library_log_vars", torch.as_tensor(np.asarray(library_log_vars), dtype=torch.float32).reshape(1, -1))
 
         n_disp = {"gene": None, "gene-batch": n_batch, "gene-label": n_labels, "gene-cell": None}[dispersion]
-        self.px_r = nn.Parameter(torch.randn(n_input) if n_disp is None else torch.randn(n_input, n_disp))
+        if dispersion != "gene-cell" and self.likelihood["needs_dispersion"]:
+            self.px_r = nn.Parameter(torch.randn(n_input) if n_disp is None else torch.randn(n_input, n_disp))
 
         batch_dim = 0
         if batch_representation == "embedding":
@@ -164,11 +165,13 @@ class VAE(BaseModule):
             self.decoder = LinearDecoderSCVI(
                 n_in_dec, n_input, batch_cats + n_cats_per_cov, use_batch_norm=dec_bn, use_layer_norm=dec_ln,
                 bias=linear_decoder_bias, scale_activation=scale_activation,
+                need_dropout=self.likelihood["needs_dropout"],
             )
         else:
             dec_kw = dict(
                 n_layers=n_layers, n_hidden=n_hidden, inject_covariates=deeply_inject_covariates,
                 use_batch_norm=dec_bn, use_layer_norm=dec_ln, scale_activation=scale_activation,
+                need_r=dispersion == "gene-cell" and self.likelihood["needs_dispersion"], need_dropout=self.likelihood["needs_dropout"],
             ) | (extra_decoder_kwargs or {})
             self.decoder = DecoderSCVI(n_in_dec, n_input, batch_cats + n_cats_per_cov, **dec_kw)
 
@@ -254,9 +257,10 @@ class VAE(BaseModule):
         cont, cats = self._cov_inputs(batch_index, cont_covs, cat_covs)
         dec_in = torch.cat([z, *cont], dim=-1) if cont else z
         spec = self.likelihood
-        need_r = self.dispersion == "gene-cell"
-        log_scale, r, dropout = self.decoder(dec_in, *cats, need_r=need_r, need_dropout=spec["needs_dropout"])
-        if self.dispersion == "gene":
+        log_scale, r, dropout = self.decoder(dec_in, *cats)
+        if not spec["needs_dispersion"]:
+            px_r = torch.zeros_like(log_scale)
+        elif self.dispersion == "gene":
             px_r = self.px_r
         elif self.dispersion == "gene-batch":
             px_r = F.linear(F.one_hot(batch_index.reshape(-1), self.n_batch).float(), self.px_r)

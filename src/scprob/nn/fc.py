@@ -131,6 +131,13 @@ class Encoder(nn.Module):
         return dist, self.z_transform(dist.rsample())
 
 
+def _log_scale(raw: torch.Tensor, activation: str) -> torch.Tensor:
+    """log rho: log_softmax (rows on the simplex) or log softplus (size-factor models)."""
+    if activation == "softmax":
+        return torch.log_softmax(raw, dim=-1)
+    return torch.log(nn.functional.softplus(raw) + 1e-12)
+
+
 class DecoderSCVI(nn.Module):
     """Decoder of scVI: h = FCLayers(z, c); returns
 
@@ -148,24 +155,23 @@ class DecoderSCVI(nn.Module):
         n_layers: int = 1,
         n_hidden: int = 128,
         scale_activation: str = "softmax",
+        need_r: bool = False,
+        need_dropout: bool = True,
         **fc_kwargs,
     ):
         super().__init__()
         self.px_decoder = FCLayers(n_in, n_hidden, n_cats, n_layers, n_hidden, dropout_rate=0.0, **fc_kwargs)
         self.px_scale_decoder = nn.Linear(n_hidden, n_out)
-        self.px_r_decoder = nn.Linear(n_hidden, n_out)
-        self.px_dropout_decoder = nn.Linear(n_hidden, n_out)
+        # heads are only built when used (unused parameters break DDP and cost time)
+        self.px_r_decoder = nn.Linear(n_hidden, n_out) if need_r else None
+        self.px_dropout_decoder = nn.Linear(n_hidden, n_out) if need_dropout else None
         self.scale_activation = scale_activation
 
-    def forward(self, z: torch.Tensor, *cat_list: torch.Tensor, need_r: bool = True, need_dropout: bool = True):
+    def forward(self, z: torch.Tensor, *cat_list: torch.Tensor):
         h = self.px_decoder(z, *cat_list)
-        raw = self.px_scale_decoder(h)
-        if self.scale_activation == "softmax":
-            log_scale = torch.log_softmax(raw, dim=-1)
-        else:
-            log_scale = torch.log(nn.functional.softplus(raw) + 1e-12)
-        r = self.px_r_decoder(h) if need_r else None
-        dropout = self.px_dropout_decoder(h) if need_dropout else None
+        log_scale = _log_scale(self.px_scale_decoder(h), self.scale_activation)
+        r = self.px_r_decoder(h) if self.px_r_decoder is not None else None
+        dropout = self.px_dropout_decoder(h) if self.px_dropout_decoder is not None else None
         return log_scale, r, dropout
 
 
@@ -182,6 +188,7 @@ class LinearDecoderSCVI(nn.Module):
         use_layer_norm: bool = False,
         bias: bool = False,
         scale_activation: str = "softmax",
+        need_dropout: bool = True,
         **_,
     ):
         super().__init__()
@@ -190,16 +197,12 @@ class LinearDecoderSCVI(nn.Module):
             use_activation=False, bias=bias,
         )
         self.factor_regressor = FCLayers(n_in, n_out, n_cats, **kw)
-        self.px_dropout_decoder = FCLayers(n_in, n_out, n_cats, **kw)
+        self.px_dropout_decoder = FCLayers(n_in, n_out, n_cats, **kw) if need_dropout else None
         self.scale_activation = scale_activation
 
-    def forward(self, z: torch.Tensor, *cat_list: torch.Tensor, need_r: bool = True, need_dropout: bool = True):
-        raw = self.factor_regressor(z, *cat_list)
-        if self.scale_activation == "softmax":
-            log_scale = torch.log_softmax(raw, dim=-1)
-        else:
-            log_scale = torch.log(nn.functional.softplus(raw) + 1e-12)
-        dropout = self.px_dropout_decoder(z, *cat_list) if need_dropout else None
+    def forward(self, z: torch.Tensor, *cat_list: torch.Tensor):
+        log_scale = _log_scale(self.factor_regressor(z, *cat_list), self.scale_activation)
+        dropout = self.px_dropout_decoder(z, *cat_list) if self.px_dropout_decoder is not None else None
         return log_scale, None, dropout
 
     def loadings(self) -> torch.Tensor:

@@ -93,5 +93,7 @@ def run_training(
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*Total length of.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        # epoch metrics are already summed across ranks by the plan
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
         trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader if has_val else None)
     return trainer
