@@ -94,6 +94,7 @@ class VAE(BaseModule):
         library_log_means: np.ndarray | None = None,
         library_log_vars: np.ndarray | None = None,
         var_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        normalize_encoder_input: bool = False,
         decoder_type: Literal["nonlinear", "linear"] = "nonlinear",
         linear_decoder_bias: bool = False,
         batch_embedding_kwargs: dict | None = None,
@@ -117,6 +118,7 @@ class VAE(BaseModule):
         self.gene_likelihood = gene_likelihood
         self.latent_distribution = latent_distribution
         self.log_variational = log_variational
+        self.normalize_encoder_input = normalize_encoder_input
         self.encode_covariates = encode_covariates
         self.batch_representation = batch_representation
         self.use_size_factor_key = use_size_factor_key
@@ -207,8 +209,10 @@ class VAE(BaseModule):
         """q(z | x) (and q(l | x)); draws ``n_samples`` samples (leading dim when > 1)."""
         if x is None:
             return self._cached_inference(qzm, qzv, observed_lib_size, n_samples)
-        x_ = torch.log1p(x) if self.log_variational else x
-        library = torch.log(x.sum(1, keepdim=True)) if self.use_observed_lib_size else None
+        total = x.sum(1, keepdim=True)
+        x_ = x * (1e4 / total) if self.normalize_encoder_input else x
+        x_ = torch.log1p(x_) if self.log_variational else x_
+        library = torch.log(total) if self.use_observed_lib_size else None
         ql = None
         if self.encode_covariates:
             cont, cats = self._cov_inputs(batch_index, cont_covs, cat_covs)
