@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from .keys import Keys
+from .minified import cached_posterior
 from .registry import obs_arrays
 from .validate import get_matrix
 
@@ -25,11 +26,11 @@ class CSRRows:
     """Row gather from a CSR matrix held as three tensors; returns dense float32 rows."""
 
     def __init__(self, X: sp.spmatrix, device: str | torch.device = "cpu"):
-        X = sp.csr_matrix(X)
-        X.sort_indices()
+        X = X if sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array) else sp.csr_matrix(X)
         self.shape = X.shape
         self.indptr = _as_tensor(X.indptr.astype(np.int64), torch.int64).to(device)
-        self.indices = torch.from_numpy(X.indices.astype(np.int64, copy=False)).to(device)
+        # zero-copy views of the AnnData's arrays on the CPU (int32 indices index fine)
+        self.indices = torch.from_numpy(X.indices).to(device)
         self.data = torch.from_numpy(X.data.astype(np.float32, copy=False)).to(device)
 
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
@@ -57,6 +58,10 @@ class TensorStore:
             dtype = torch.int64 if arr.dtype.kind in "iu" else torch.float32
             self.tensors[key] = _as_tensor(arr, dtype).to(self.device)
         self.x = None
+        if registry.get("minified"):  # cached posterior instead of counts
+            for key, arr in cached_posterior(adata).items():
+                self.add(key, arr)
+            load_x = False
         if load_x:
             X = get_matrix(adata, registry["setup_args"]["layer"])
             if sp.issparse(X):

@@ -47,6 +47,7 @@ class BaseModel:
         self.init_params: dict = {}
         self.history_: dict = {}
         self.is_trained_ = False
+        self._plan_defaults: dict = {}
         self._stores: dict[int, TensorStore] = {}
         self._device = torch.device("cpu")
         torch.manual_seed(settings.seed)  # module init is reproducible
@@ -93,6 +94,9 @@ class BaseModel:
             transfer_setup(adata, self.registry)
         return adata
 
+    def _registry_of(self, adata=None) -> dict:
+        return get_registry(self._validate_anndata(adata))
+
     def _store(self, adata=None) -> TensorStore:
         adata = self._validate_anndata(adata)
         key = id(adata)
@@ -133,6 +137,8 @@ class BaseModel:
         """
         import lightning.pytorch as pl
 
+        if self.registry.get("minified"):
+            raise ValueError("cannot train on a minified AnnData (its counts were dropped)")
         settings.apply_threads()
         seed = settings.seed if seed is None else seed
         pl.seed_everything(seed, verbose=False)
@@ -153,7 +159,9 @@ class BaseModel:
         if len(train_loader) == 0:
             raise DataError(f"Too few cells to train ({len(train_idx)} in the training split).")
         self.train_indices_, self.validation_indices_ = train_idx, val_idx
-        plan = self._plan_cls(self.module, **(plan_kwargs or {}))
+        if not any(p.requires_grad for p in self.module.parameters()):
+            raise ValueError("nothing to train: every parameter is frozen (a query with no new batches needs no training)")
+        plan = self._plan_cls(self.module, **(self._plan_defaults | (plan_kwargs or {})))
         run_training(
             plan, train_loader, val_loader, max_epochs=max_epochs, accelerator=accelerator, devices=devices,
             early_stopping=early_stopping, enable_progress_bar=enable_progress_bar, **trainer_kwargs,

@@ -131,6 +131,138 @@ class SCVI(BaseModel):
         return pd.DataFrame(out, index=idx, columns=cols)
 
 
+    # ------------------------------------------------------- downstream API
+    @torch.inference_mode()
+    def get_likelihood_parameters(
+        self, adata=None, indices=None, n_samples: int = 1, give_mean: bool = False, batch_size: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Parameters of p(x | z) per cell: ``mean`` (mu), ``dispersions`` (theta) and
+        ``dropout`` (ZINB dropout logits); averaged over ``n_samples`` draws if ``give_mean``."""
+        self._check_trained()
+        out: dict[str, list] = {"mean": [], "dispersions": [], "dropout": []}
+        for tensors in self._batches(adata, indices, batch_size):
+            _, gen = self.module(tensors, inference_kwargs=dict(n_samples=n_samples), compute_loss=False)
+            px = gen["px"]
+            vals = {
+                "mean": px.mean if not hasattr(px, "mu") else px.mu,
+                "dispersions": getattr(px, "theta", None),
+                "dropout": gen["px_dropout"],
+            }
+            for k, v in vals.items():
+                if v is None:
+                    continue
+                v = v.expand_as(vals["mean"])
+                if n_samples > 1 and give_mean:
+                    v = v.mean(0)
+                out[k].append(v.cpu())
+        axis = -2
+        return {k: torch.cat(v, dim=axis).numpy() for k, v in out.items() if v}
+
+    @torch.inference_mode()
+    def posterior_predictive_sample(
+        self, adata=None, indices=None, n_samples: int = 1, gene_list: Sequence[str] | None = None,
+        batch_size: int | None = None,
+    ):
+        """Counts drawn from p(x^ | z), z ~ q(z | x).  One sample: a ``scipy.sparse``
+        CSR matrix (cells x genes); several: a dense array (cells x genes x n_samples)."""
+        import scipy.sparse as sp
+
+        self._check_trained()
+        genes = self._gene_mask(gene_list)
+        chunks = []
+        for tensors in self._batches(adata, indices, batch_size):
+            draws = self.module.sample(tensors, n_samples=n_samples)[:, genes]
+            chunks.append(sp.csr_matrix(draws.numpy()) if n_samples == 1 else draws.numpy())
+        return sp.vstack(chunks, format="csr") if n_samples == 1 else np.concatenate(chunks)
+
+    def _require_counts(self, adata, what: str) -> None:
+        if self._registry_of(adata).get("minified"):
+            raise ValueError(f"{what} needs the counts, but this AnnData is minified (X was dropped).")
+
+    @torch.inference_mode()
+    def get_marginal_ll(
+        self, adata=None, indices=None, n_mc_samples: int = 1000, batch_size: int | None = None,
+        return_mean: bool = True, n_mc_samples_per_pass: int = 100,
+    ) -> float | np.ndarray:
+        """Importance-sampled log p(x) per cell (mean over cells if ``return_mean``).
+        Memory is bounded: ``n_mc_samples_per_pass`` samples of one minibatch at a time."""
+        self._check_trained()
+        self._require_counts(adata, "get_marginal_ll")
+        vals = [
+            self.module.marginal_ll(t, n_mc_samples=n_mc_samples, n_mc_samples_per_pass=n_mc_samples_per_pass).cpu()
+            for t in self._batches(adata, indices, batch_size or 256)
+        ]
+        ll = torch.cat(vals).numpy()
+        return float(ll.mean()) if return_mean else ll
+
+    @torch.inference_mode()
+    def _loss_sums(self, adata, indices, batch_size) -> tuple[float, float, int]:
+        rec = kl = 0.0
+        n = 0
+        for t in self._batches(adata, indices, batch_size):
+            _, _, lo = self.module(t, loss_kwargs=dict(kl_weight=1.0))
+            rec += float(lo.reconstruction_loss_sum)
+            kl += float(lo.kl_local_sum) + float(lo.kl_global_sum)
+            n += lo.n_obs_minibatch
+        return rec, kl, n
+
+    def get_elbo(self, adata=None, indices=None, batch_size: int | None = None) -> float:
+        """Evidence lower bound per cell, E_q[log p(x|z)] - KL (higher is better)."""
+        self._check_trained()
+        self._require_counts(adata, "get_elbo")
+        rec, kl, n = self._loss_sums(adata, indices, batch_size)
+        return -(rec + kl) / n
+
+    def get_reconstruction_error(self, adata=None, indices=None, batch_size: int | None = None) -> dict[str, float]:
+        """``{"reconstruction_loss": E_q[log p(x|z)]}`` per cell (scvi-tools sign: higher is better)."""
+        self._check_trained()
+        self._require_counts(adata, "get_reconstruction_error")
+        rec, _, n = self._loss_sums(adata, indices, batch_size)
+        return {"reconstruction_loss": -rec / n}
+
+    def differential_expression(
+        self, adata=None, groupby: str | None = None, group1: str | Sequence[str] | None = None,
+        group2: str | Sequence[str] | None = None, mode: Literal["vanilla", "change"] = "vanilla",
+        delta: float = 0.25, batch_correction: bool = False, fdr_target: float = 0.05, n_samples: int = 5000,
+        pseudocount: float | None = None, seed: int = 0,
+    ) -> pd.DataFrame:
+        """Bayesian DE between ``group1`` and ``group2`` of ``adata.obs[groupby]``
+        (``group2=None``: one-vs-rest; ``group1=None``: every group vs the rest).  See
+        :mod:`scprob.models._de` for the math.  Returns one row per gene (and comparison)
+        with Bayes factors, probabilities, LFC mean/median/std, ``is_de_fdr_<t>`` and raw
+        per-group means."""
+        from ._de import differential_expression
+
+        self._check_trained()
+        if groupby is None:
+            raise ValueError("groupby is required (an adata.obs column)")
+        adata = self._validate_anndata(adata)
+        return differential_expression(self, adata, groupby, group1, group2, mode, delta, batch_correction,
+                                       fdr_target, n_samples, pseudocount, seed)
+
+    # ----------------------------------------------------------- query mapping
+    @classmethod
+    def load_query_data(cls, query_adata, reference, freeze: bool = True, min_gene_overlap: float = 0.5):
+        """scArches surgery: a model on ``query_adata`` (genes aligned to the reference by
+        name, new batches added) initialised from ``reference`` (a model or a saved
+        folder).  Call ``.train()`` to fit the new batches; ``model.adata`` is the aligned
+        copy of the query.  See :mod:`scprob.models._query`."""
+        from ._query import load_query_data
+
+        return load_query_data(cls, query_adata, reference, freeze, min_gene_overlap)
+
+    # ------------------------------------------------------------ minified
+    def minify_adata(self) -> None:
+        """Replace the counts by the cached posterior: ``obsm["_scprob_qzm"]``,
+        ``obsm["_scprob_qzv"]`` (mean / variance of q(z|x)) and
+        ``obs["_scprob_observed_lib_size"]``; X becomes an empty sparse matrix.  Latent,
+        normalized expression, DE and sampling then run from the cache."""
+        from ._minify import minify
+
+        self._check_trained()
+        minify(self)
+
+
 class LDVAE(SCVI):
     """Linearly decoded VAE (Svensson et al. 2020): scVI with a linear decoder whose
     weights (``get_loadings``) tie each latent factor to genes.  It is the VAE module

@@ -46,7 +46,7 @@ class FCLayers(nn.Module):
     n_in, n_out, n_hidden, n_layers
         Shapes: ``n_layers`` layers, the last one mapping to ``n_out``.
     n_cats
-        Number of categories of each categorical covariate (0 or 1 are skipped).
+        Number of categories of each categorical covariate (0 = absent).
     inject_covariates
         Feed covariates into every layer, not only the first.
     """
@@ -67,7 +67,8 @@ class FCLayers(nn.Module):
         activation_fn: Callable[[], nn.Module] = nn.ReLU,
     ):
         super().__init__()
-        self.n_cats = [n if n > 1 else 0 for n in n_cats]
+        # a single category still gets its (bias-like) row, so query batches can be added later
+        self.n_cats = [n if n >= 1 else 0 for n in n_cats]
         dims = [n_in] + [n_hidden] * (n_layers - 1) + [n_out]
         self.layers = nn.ModuleList()
         self.post = nn.ModuleList()

@@ -1,0 +1,158 @@
+"""Reference mapping by architecture surgery (scArches; Lotfollahi et al. 2022).
+
+The query's genes are aligned to the reference by name (missing genes are zero-filled,
+extra genes dropped), its new batches extend the batch categories, the reference weights
+are copied into a module built for the extended categories, and with ``freeze=True``
+only what new batches need is trained: the rows/columns of batch-indexed parameters
+that belong to new batches (gradients of the reference entries are zeroed; no weight
+decay), with encoder batch-norm statistics frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from ..data import DataError
+from ..data.registry import UNS_KEY, _categories, transfer_setup
+from ..data.validate import check_obs_column, get_matrix, iter_row_chunks
+
+log = logging.getLogger("scprob")
+
+
+def align_genes(query, var_names: list[str], layer: str | None, min_gene_overlap: float) -> ad.AnnData:
+    """Query AnnData re-indexed to ``var_names`` (zeros for missing genes)."""
+    pos = {g: i for i, g in enumerate(map(str, query.var_names))}
+    src = np.array([pos.get(g, -1) for g in var_names])
+    shared = src >= 0
+    frac = shared.mean() if len(var_names) else 0.0
+    if frac < min_gene_overlap:
+        raise DataError(
+            f"query shares {int(shared.sum())} of the reference's {len(var_names)} genes ({frac:.0%}); "
+            f"at least {min_gene_overlap:.0%} are needed (check gene identifiers: e.g. reference {var_names[:3]}, "
+            f"query {list(query.var_names[:3])})."
+        )
+    X = get_matrix(query, layer)
+    blocks = []
+    for _, b in iter_row_chunks(X):
+        b = sp.csr_matrix(b)[:, src[shared]]
+        coo = b.tocoo()
+        cols = np.flatnonzero(shared)[coo.col]
+        blocks.append(sp.csr_matrix((coo.data.astype(np.float32), (coo.row, cols)), shape=(b.shape[0], len(var_names))))
+    aligned = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, len(var_names)), dtype=np.float32)
+    missing = [g for g, s in zip(var_names, shared) if not s]
+    n_extra = query.n_vars - int(shared.sum())
+    if missing or n_extra:
+        log.warning(
+            "query genes aligned to the reference: %d of %d reference genes missing, filled with zeros (e.g. %s); "
+            "%d extra query genes dropped.", len(missing), len(var_names), missing[:5], n_extra,
+        )
+    out = ad.AnnData(obs=query.obs.copy(), var=pd.DataFrame(index=pd.Index(var_names)))
+    if layer is None:
+        out.X = aligned
+    else:
+        out.layers[layer] = aligned
+    out.uns["scprob_query_alignment"] = {"n_missing_genes": len(missing), "n_extra_genes_dropped": int(n_extra)}
+    return out
+
+
+def extend_registry(reg: dict, query) -> dict:
+    """Reference registry with the query's new batch / label / covariate categories."""
+    new = json.loads(json.dumps(reg))
+    args = new["setup_args"]
+    bk = args["batch_key"]
+    if bk:
+        cats = _categories(check_obs_column(query, bk, "batch_key", True))
+        added = [c for c in cats if c not in new["batch_categories"]]
+        if added:
+            X = get_matrix(query, args["layer"])
+            lib = np.concatenate([np.asarray(b.sum(axis=1)).ravel() for _, b in iter_row_chunks(X)])
+            codes = query.obs[bk].astype(str).to_numpy()
+            for c in added:
+                ll = np.log(np.maximum(lib[codes == c], 1.0))
+                new["library_log_means"].append(float(ll.mean()))
+                new["library_log_vars"].append(float(max(ll.var(), 1e-4)))
+        new["batch_categories"] += added
+    lk = args["labels_key"]
+    if lk and lk in query.obs.columns:
+        new["label_categories"] += [c for c in _categories(check_obs_column(query, lk, "labels_key", True)) if c not in new["label_categories"]]
+    for k in args["categorical_covariate_keys"]:
+        old = new["categorical_covariate_categories"][k]
+        old += [c for c in _categories(check_obs_column(query, k, "categorical covariate", True)) if c not in old]
+    return new
+
+
+def transplant(ref_state: dict[str, torch.Tensor], module: torch.nn.Module, freeze: bool) -> list[str]:
+    """Copy reference weights into ``module``; parameters that grew (new categories) keep
+    their reference entries and, with ``freeze``, are the only ones trained (with the
+    reference entries' gradients zeroed).  Returns the names of trainable parameters."""
+    state = module.state_dict()
+    grown: dict[str, tuple[slice, ...]] = {}
+    for name, new in state.items():
+        old = ref_state.get(name)
+        if old is None:
+            raise DataError(f"reference weights lack {name!r}: was the reference built with other options?")
+        if old.shape == new.shape:
+            new.copy_(old)
+        elif old.ndim == new.ndim and all(o <= n for o, n in zip(old.shape, new.shape)):
+            sl = tuple(slice(0, o) for o in old.shape)
+            new[sl] = old
+            grown[name] = sl
+        else:
+            raise DataError(f"cannot map reference weight {name!r} {tuple(old.shape)} onto {tuple(new.shape)}")
+    module.load_state_dict(state)
+    params = dict(module.named_parameters())
+    if not freeze:
+        return list(params)
+    trainable = []
+    for name, p in params.items():
+        if name in grown:
+            mask = torch.ones_like(p)
+            mask[grown[name]] = 0.0
+            p.register_hook(lambda g, m=mask: g * m.to(g.device))
+            trainable.append(name)
+        else:
+            p.requires_grad_(False)
+    for mname, m in module.named_modules():
+        if isinstance(m, torch.nn.BatchNorm1d) and mname.startswith(("z_encoder", "l_encoder")):
+            m.momentum = 0.0  # encoder statistics stay those of the reference
+    return trainable
+
+
+def load_query_data(cls, query_adata, reference, freeze: bool = True, min_gene_overlap: float = 0.5):
+    from .base import BaseModel
+
+    if isinstance(reference, BaseModel):
+        payload = dict(registry=reference.registry, init_params=reference.init_params,
+                       state_dict={k: v.detach().cpu() for k, v in reference.module.state_dict().items()},
+                       model_class=type(reference).__name__)
+    else:
+        from pathlib import Path
+
+        path = Path(reference) / "model.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"No saved model at {path}")
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    if payload["model_class"] != cls.__name__:
+        raise DataError(f"reference is a {payload['model_class']} model, not {cls.__name__}")
+    reg = payload["registry"]
+    args = reg["setup_args"]
+    aligned = align_genes(query_adata, reg["var_names"], args["layer"], min_gene_overlap)
+    new_reg = extend_registry(reg, aligned)
+    aligned.uns[UNS_KEY] = json.dumps(new_reg)
+    transfer_setup(aligned, new_reg)
+    model = cls(aligned, **payload["init_params"])
+    trainable = transplant(payload["state_dict"], model.module, freeze)
+    n_new = len(new_reg["batch_categories"]) - len(reg["batch_categories"])
+    log.info("query mapping: %d new batch(es); training %d parameter tensor(s)%s", n_new, len(trainable),
+             " (reference frozen)" if freeze else "")
+    model.is_trained_ = True  # usable as is (reference encoder); train() adapts to new batches
+    model._plan_defaults = dict(weight_decay=0.0) if freeze else {}
+    model.query_trainable_ = trainable
+    return model
