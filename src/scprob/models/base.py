@@ -124,6 +124,7 @@ class BaseModel:
         early_stopping: bool = False,
         seed: int | None = None,
         plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
         enable_progress_bar: bool = True,
         **trainer_kwargs,
     ) -> None:
@@ -134,6 +135,7 @@ class BaseModel:
         n_steps_kl_warmup, reduce_lr_on_plateau, ...); other keyword arguments go to
         ``lightning.Trainer`` (``strategy``, ``check_val_every_n_epoch``, ...) or to the
         early-stopping callback (``early_stopping_patience``, ``early_stopping_monitor``).
+        ``datasplitter_kwargs={"external_indexing": [train_idx, val_idx]}`` fixes the split.
         """
         import lightning.pytorch as pl
 
@@ -153,7 +155,13 @@ class BaseModel:
         else:
             self.to_device("cpu")
         store = self._store()
-        train_idx, val_idx = split_indices(n, train_size, validation_size, seed=seed)
+        ext = (datasplitter_kwargs or {}).get("external_indexing")
+        if ext is not None:
+            train_idx, val_idx = np.asarray(ext[0], dtype=np.int64), np.asarray(ext[1], dtype=np.int64)
+            if train_idx.size == 0 or train_idx.max() >= n or (val_idx.size and val_idx.max() >= n):
+                raise ValueError("external_indexing must hold valid cell indices (train non-empty)")
+        else:
+            train_idx, val_idx = split_indices(n, train_size, validation_size, seed=seed)
         train_loader = BatchLoader(store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=3, shard=True)
         val_loader = BatchLoader(store, val_idx, batch_size, shuffle=False, shard=True) if len(val_idx) else None
         if len(train_loader) == 0:
@@ -161,6 +169,7 @@ class BaseModel:
         self.train_indices_, self.validation_indices_ = train_idx, val_idx
         if not any(p.requires_grad for p in self.module.parameters()):
             raise ValueError("nothing to train: every parameter is frozen (a query with no new batches needs no training)")
+        self.module.train()  # Lightning keeps modules in the mode it finds them
         plan = self._plan_cls(self.module, **(self._plan_defaults | (plan_kwargs or {})))
         run_training(
             plan, train_loader, val_loader, max_epochs=max_epochs, accelerator=accelerator, devices=devices,

@@ -288,7 +288,8 @@ class VAE(BaseModule):
     # --------------------------------------------------------------------- loss
     def loss(self, tensors, inference_outputs, generative_outputs, kl_weight: float = 1.0) -> LossOutput:
         x = tensors[Keys.X]
-        rec = -generative_outputs["px"].log_prob(x).sum(-1)
+        px = generative_outputs["px"]
+        rec = -(px.log_prob_rowsum(x) if hasattr(px, "log_prob_rowsum") else px.log_prob(x).sum(-1))
         kl_z = kl_divergence(inference_outputs["qz"], generative_outputs["pz"]).sum(-1)
         kl_l = (
             kl_divergence(inference_outputs["ql"], generative_outputs["pl"]).sum(-1)

@@ -20,6 +20,11 @@ import torch
 from ..modules.base import LossOutput
 
 
+def _can_fuse(params: list[torch.Tensor]) -> bool:
+    devices = {p.device.type for p in params}
+    return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.dtype in (torch.float32, torch.float64) for p in params)
+
+
 class TrainingPlan(pl.LightningModule):
     def __init__(
         self,
@@ -129,10 +134,13 @@ class TrainingPlan(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.module.parameters() if p.requires_grad]
+        # the fused kernel runs the same Adam update in one pass over all parameters
+        # (the default CPU path loops over tensors in Python)
+        kw = dict(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=_can_fuse(params))
         if self.optimizer_name == "Adam":
-            opt = torch.optim.Adam(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+            opt = torch.optim.Adam(params, **kw)
         elif self.optimizer_name == "AdamW":
-            opt = torch.optim.AdamW(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+            opt = torch.optim.AdamW(params, **kw)
         else:
             raise ValueError(f"optimizer must be 'Adam' or 'AdamW', got {self.optimizer_name!r}")
         if not self.reduce_lr_on_plateau:
