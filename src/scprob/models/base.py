@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .._settings import settings
+from ..data.backed import BackedStore, ChunkedLoader
 from ..data import BatchLoader, DataError, TensorStore, get_registry, setup_anndata, split_indices, transfer_setup
 from ..data.registry import UNS_KEY
 from ..train import TrainingPlan, history_frames, run_training
@@ -106,11 +107,17 @@ class BaseModel:
         return self._stores[key]
 
     def _make_store(self, adata) -> TensorStore:
+        if getattr(adata, "isbacked", False) and not get_registry(adata).get("minified"):
+            return BackedStore(adata, get_registry(adata), device=self._device)
         return TensorStore(adata, get_registry(adata), device=self._device)
 
-    def _loader(self, adata=None, indices=None, batch_size: int | None = None) -> BatchLoader:
+    @staticmethod
+    def _loader_cls(store: TensorStore):
+        return ChunkedLoader if isinstance(store, BackedStore) else BatchLoader
+
+    def _loader(self, adata=None, indices=None, batch_size: int | None = None):
         store = self._store(adata)
-        return BatchLoader(store, indices, batch_size=batch_size or 1024, shuffle=False)
+        return self._loader_cls(store)(store, indices, batch_size=batch_size or 1024, shuffle=False)
 
     # --------------------------------------------------------------- training
     def train(
@@ -162,8 +169,9 @@ class BaseModel:
                 raise ValueError("external_indexing must hold valid cell indices (train non-empty)")
         else:
             train_idx, val_idx = split_indices(n, train_size, validation_size, seed=seed)
-        train_loader = BatchLoader(store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=3, shard=True)
-        val_loader = BatchLoader(store, val_idx, batch_size, shuffle=False, shard=True) if len(val_idx) else None
+        loader_cls = self._loader_cls(store)
+        train_loader = loader_cls(store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=3, shard=True)
+        val_loader = loader_cls(store, val_idx, batch_size, shuffle=False, shard=True) if len(val_idx) else None
         if len(train_loader) == 0:
             raise DataError(f"Too few cells to train ({len(train_idx)} in the training split).")
         self.train_indices_, self.validation_indices_ = train_idx, val_idx
