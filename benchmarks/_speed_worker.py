@@ -8,6 +8,19 @@ import time
 
 import numpy as np
 
+def peak_rss_gb() -> float:
+    """This process's peak resident set (VmHWM).  Not ru_maxrss: on Linux that survives
+    fork+exec and would report the parent's size."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
 p = argparse.ArgumentParser()
 p.add_argument("impl", choices=["scprob", "scvi"])
 p.add_argument("path")
@@ -89,5 +102,5 @@ print(json.dumps(dict(
     impl=args.impl, version=version, n_cells=adata.n_obs, backed=args.backed,
     wall_sec_incl_load=time.perf_counter() - t_start, epochs=len(epochs), sec_per_epoch_median=float(np.median(epochs[1:] if len(epochs) > 1 else epochs)),
     sec_first_epoch=float(epochs[0]), total_sec=total, elbo_validation=elbo_val,
-    peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, threads=torch.get_num_threads(),
+    peak_rss_gb=peak_rss_gb(), threads=torch.get_num_threads(),
 )))

@@ -5,7 +5,7 @@ genes (~5% non-zero; 0.80 GB as CSR at 1M), scprob in memory and backed vs scvi-
     bash benchmarks/make_peer_env.sh     # once
     python benchmarks/scale.py --sizes 100000 300000 1000000 --threads 2
 
-Each run is its own process (peak RSS = ru_maxrss of that process), one at a time.
+Each run is its own process (peak RSS = VmHWM of that process), one at a time.
 Same architecture and settings as speed_scvi.py; train_size=1.0 (pure training epoch).
 """
 
@@ -66,15 +66,19 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--data-dir", default=str(HERE / ".data"))
 p.add_argument("--peer-python", default=str(PEER))
 p.add_argument("--skip-peer", action="store_true")
+p.add_argument("--make", type=int, default=None, help=argparse.SUPPRESS)
 args = p.parse_args()
+if args.make:
+    make_data(args.make, Path(args.data_dir) / f"synth_{args.make}.h5ad")
+    sys.exit(0)
 
 data_dir = Path(args.data_dir)
 data_dir.mkdir(exist_ok=True)
 rows = []
 for n in args.sizes:
     path = data_dir / f"synth_{n}.h5ad"
-    if not path.exists():
-        make_data(n, path)
+    if not path.exists():  # in a child process, so this driver stays small
+        subprocess.run([sys.executable, __file__, "--make", str(n), "--data-dir", str(data_dir)], check=True)
     r = {"n": n}
     r["mem"] = run(sys.executable, "scprob", path, args.threads, backed=False)
     r["backed"] = run(sys.executable, "scprob", path, args.threads, backed=True)

@@ -138,3 +138,12 @@ def test_early_stopping_and_plateau(adata):
             check_val_every_n_epoch=1)
     assert len(m.history["elbo_train"]) < 300
     assert m.history["lr"].iloc[:, 0].min() < 5e-2
+
+
+def test_kl_warmup_by_steps(adata):
+    SCVI.setup_anndata(adata)
+    m = SCVI(adata, n_hidden=16, n_latent=3)
+    # 72 training cells / 32 per batch = 3 steps per epoch: weight reaches 1 after 2 epochs
+    m.train(max_epochs=4, batch_size=32, enable_progress_bar=False, plan_kwargs=dict(n_steps_kl_warmup=6))
+    kl = m.history["kl_weight"].iloc[:, 0].to_numpy()
+    assert kl[0] == pytest.approx(0.5) and kl[-1] == 1.0

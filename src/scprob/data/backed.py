@@ -29,6 +29,10 @@ class BackedStore(TensorStore):
     def read_rows(self, rows: np.ndarray) -> CSRRows:
         """Rows (sorted) as a :class:`CSRRows` block, read as one contiguous range."""
         lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if hi - lo > 4 * rows.size:  # scattered rows (random access): read just those
+            block = self.X[rows]
+            block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
+            return CSRRows(block, self.device)
         block = self.X[lo:hi]
         block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
         return CSRRows(block[rows - lo], self.device)

@@ -282,7 +282,7 @@ class VAE(BaseModule):
         if not self.use_observed_lib_size:
             means, vars_ = self._local_library_params(batch_index.reshape(-1, 1)[: lead[-1]])
             pl = Normal(means, vars_.sqrt())
-        pz = Normal(torch.zeros_like(z[..., : self.n_latent].reshape(*lead, -1)), torch.ones_like(z[..., : self.n_latent].reshape(*lead, -1)))
+        pz = Normal(z.new_zeros(*lead, self.n_latent), z.new_ones(*lead, self.n_latent))
         return dict(px=px, pl=pl, pz=pz, px_scale=px_scale, px_r=px_r, px_dropout=dropout, library=library)
 
     # --------------------------------------------------------------------- loss
