@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+
 def peak_rss_gb() -> float:
     """This process's peak resident set (VmHWM).  Not ru_maxrss: on Linux that survives
     fork+exec and would report the parent's size."""

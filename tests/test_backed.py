@@ -2,8 +2,8 @@ import anndata as ad
 import numpy as np
 
 import scprob
-from scprob.data.backed import BackedStore, ChunkedLoader
 from scprob.data import get_registry
+from scprob.data.backed import BackedStore, ChunkedLoader
 from scprob.models import SCVI
 
 from .conftest import make_counts

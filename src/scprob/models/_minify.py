@@ -8,10 +8,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..data.minified import LIB_KEY, QZM_KEY, QZV_KEY
 from ..data.registry import UNS_KEY, get_registry
 from ..data.validate import get_matrix, iter_row_chunks
-
-from ..data.minified import LIB_KEY, QZM_KEY, QZV_KEY
 
 
 def minify(model) -> None:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from .._settings import settings
-from ..data.backed import BackedStore, ChunkedLoader
 from ..data import BatchLoader, DataError, TensorStore, get_registry, setup_anndata, split_indices, transfer_setup
+from ..data.backed import BackedStore, ChunkedLoader
 from ..data.registry import UNS_KEY
 from ..train import TrainingPlan, history_frames, run_training
 

@@ -25,9 +25,13 @@ class EpochProgressBar(Callback):
 
     def on_train_start(self, trainer, pl_module):
         if trainer.is_global_zero:
+            import sys
+
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.max_epochs, desc="Training", unit="epoch", dynamic_ncols=True)
+            # redraw often on a terminal, rarely into logs/pipes
+            interval = 0.2 if sys.stderr.isatty() else 15.0
+            self.bar = tqdm(total=self.max_epochs, desc="Training", unit="epoch", dynamic_ncols=True, mininterval=interval)
 
     def on_train_epoch_end(self, trainer, pl_module):
         if self.bar is not None:
