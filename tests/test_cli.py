@@ -30,11 +30,12 @@ def test_fit_ldvae_without_labels(tmp_path):
     a.write_h5ad(tmp_path / "in.h5ad")
     out = tmp_path / "o"
     rc = main(["fit", "ldvae", str(tmp_path / "in.h5ad"), "--batch-key", "batch", "--max-epochs", "2",
-               "--n-latent", "3", "--out", str(out), "-q"])
+               "--n-latent", "3", "--n-top-genes", "25", "--out", str(out), "-q"])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert "knn_label_transfer" not in metrics and "batch_silhouette" in metrics
     assert (out / "loadings.csv").exists()
+    assert ad.read_h5ad(out / "adata.h5ad").n_vars == 25
 
 
 def test_fit_bad_input_fails_cleanly(tmp_path, capsys):

@@ -53,6 +53,10 @@ def test_save_load_roundtrip(adata, tmp_path):
     m = _trained(adata, gene_likelihood="nb")
     z = m.get_latent_representation()
     m.save(tmp_path / "m")
+    assert m.is_trained
+    mean, var = m.get_latent_representation(return_dist=True)
+    np.testing.assert_array_equal(mean, z)
+    assert (var > 0).all() and var.shape == z.shape
     with pytest.raises(FileExistsError):
         m.save(tmp_path / "m")
     m.save(tmp_path / "m", overwrite=True, save_anndata=True)

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--layer", default=None)
     f.add_argument("--n-latent", type=int, default=10)
     f.add_argument("--gene-likelihood", default=None, choices=["zinb", "nb", "poisson", "normal"])
+    f.add_argument("--n-top-genes", type=int, default=None,
+                   help="train on this many highly variable genes (Seurat v3 flavour, across batches)")
     f.add_argument("--drop-empty-cells", action="store_true", help="drop cells with zero counts instead of failing")
     return p
 
@@ -70,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
             adata = ad.read_h5ad(path)
             if args.drop_empty_cells:
                 adata = drop_empty_cells(adata, args.layer)
+            if args.n_top_genes and args.n_top_genes < adata.n_vars:
+                from scprob.data.hvg import highly_variable_genes
+
+                if args.batch_key and args.batch_key not in adata.obs.columns:
+                    raise DataError(f"batch_key {args.batch_key!r} is not a column of adata.obs")
+                mask = highly_variable_genes(adata, args.n_top_genes, batch_key=args.batch_key, layer=args.layer)
+                adata = adata[:, mask].copy()
+                logging.getLogger("scprob").info("kept %d highly variable genes", adata.n_vars)
             metrics = run_pipeline(
                 adata, args.model, args.out, batch_key=args.batch_key, labels_key=args.labels_key, layer=args.layer,
                 max_epochs=args.max_epochs, n_latent=args.n_latent, gene_likelihood=args.gene_likelihood,

@@ -78,6 +78,10 @@ class BaseModel:
         return self.history_
 
     @property
+    def is_trained(self) -> bool:
+        return self.is_trained_
+
+    @property
     def device(self) -> torch.device:
         return self._device
 
@@ -201,20 +205,28 @@ class BaseModel:
 
     @torch.inference_mode()
     def get_latent_representation(
-        self, adata=None, indices=None, give_mean: bool = True, mc_samples: int = 5000, batch_size: int | None = None
-    ) -> np.ndarray:
+        self, adata=None, indices=None, give_mean: bool = True, mc_samples: int = 5000, batch_size: int | None = None,
+        return_dist: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Posterior of z per cell: its mean (``give_mean``) or one sample.  For the
-        logistic-normal latent the mean is a Monte-Carlo average of softmax samples."""
+        logistic-normal latent the mean is a Monte-Carlo average of softmax samples.
+        ``return_dist=True`` returns the mean and variance of q(z|x) instead."""
         self._check_trained()
-        out = []
+        out, var = [], []
         for tensors in self._batches(adata, indices, batch_size):
             inf = self.module.inference(**self.module._get_inference_input(tensors))
             qz = inf["qz"]
+            if return_dist:
+                out.append(qz.loc.cpu())
+                var.append(qz.scale.pow(2).cpu())
+                continue
             if getattr(self.module, "latent_distribution", "normal") == "ln":
                 z = self.module.z_encoder.z_transform(qz.sample((mc_samples,))).mean(0) if give_mean else inf["z"]
             else:
                 z = qz.loc if give_mean else inf["z"]
             out.append(z.cpu())
+        if return_dist:
+            return torch.cat(out).numpy(), torch.cat(var).numpy()
         return torch.cat(out).numpy()
 
     # ------------------------------------------------------------ save / load
