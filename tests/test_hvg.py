@@ -9,7 +9,7 @@ from scprob.data.hvg import highly_variable_genes
 def test_hvg_finds_overdispersed_genes():
     rng = np.random.default_rng(0)
     n, g = 400, 200
-    mean = rng.gamma(2.0, 1.0, g)
+    mean = rng.gamma(2.0, 1.0, g) + 0.5
     x = rng.poisson(np.broadcast_to(mean, (n, g))).astype(np.float32)  # Poisson: no extra variance
     hv = np.arange(10)
     x[:, hv] = rng.poisson(rng.gamma(0.3, mean[hv] / 0.3, (n, 10)))  # strongly over-dispersed
