@@ -58,33 +58,34 @@ def log_zinb_logits(
     return torch.where(x < 0.5, zero, log_nb_x) - F.softplus(zi_logits)
 
 
-def _nb_nonzero_terms(x, nb_logits, theta):
-    """Per-row sums of lgamma(x+theta) - lgamma(theta) - lgamma(x+1) - x softplus(-logits)
-    over the non-zero entries of ``x`` only: every one of these terms is exactly 0 where
-    x = 0, and single-cell counts are mostly zeros, so the costly lgamma/digamma run on
-    the non-zeros alone."""
+def nb_log_prob_rowsum(x, log_mu, log_theta, zi_logits=None):
+    """sum_g log NB(x_g) (or ZINB with ``zi_logits``) per row, exact, sparse-aware.
+
+    With l = log mu - log theta and A = -theta softplus(l) (= log NB(0)):
+
+        NB:   sum_g A_g                                  + sum_{x>0} N_g
+        ZINB: sum_g [logaddexp(pi_g, A_g) - softplus(pi_g)]
+              + sum_{x>0} [A_g - logaddexp(pi_g, A_g) + N_g]
+
+    where N = lgamma(x+theta) - lgamma(theta) - lgamma(x+1) - x softplus(-l) holds every
+    term that is exactly 0 at x = 0.  Single-cell counts are mostly zeros, so the costly
+    lgamma/digamma (and the x>0 corrections) run on the non-zero entries only.
+    """
+    theta = log_theta.exp()
+    nb_logits = log_mu - log_theta
+    a = -theta * F.softplus(nb_logits)
     rows, cols = (x > 0).nonzero(as_tuple=True)
     xv = x[rows, cols]
     th = theta.expand_as(nb_logits)[rows, cols]
     lv = nb_logits[rows, cols]
-    terms = torch.lgamma(xv + th) - torch.lgamma(th) - torch.lgamma(xv + 1.0) - xv * F.softplus(-lv)
-    return torch.zeros(x.shape[0], dtype=terms.dtype, device=terms.device).index_add(0, rows, terms)
-
-
-def nb_log_prob_rowsum(x, log_mu, log_theta, zi_logits=None):
-    """sum_g log NB(x_g) (or ZINB with ``zi_logits``) per row, exact, sparse-aware.
-
-    NB:   sum_g -theta softplus(l)                      + sum_{x>0} nonzero terms
-    ZINB: sum_g [x=0 ? logaddexp(pi, -theta softplus(l)) : -theta softplus(l)] - softplus(pi)
-          + sum_{x>0} nonzero terms
-    with l = log mu - log theta.
-    """
-    theta = log_theta.exp()
-    nb_logits = log_mu - log_theta
-    zero_part = -theta * F.softplus(nb_logits)
-    if zi_logits is not None:
-        zero_part = torch.where(x > 0, zero_part, torch.logaddexp(zi_logits, zero_part)) - F.softplus(zi_logits)
-    return zero_part.sum(-1) + _nb_nonzero_terms(x, nb_logits, theta)
+    nz = torch.lgamma(xv + th) - torch.lgamma(th) - torch.lgamma(xv + 1.0) - xv * F.softplus(-lv)
+    if zi_logits is None:
+        dense = a
+    else:
+        z = torch.logaddexp(zi_logits, a)
+        dense = z - F.softplus(zi_logits)
+        nz = nz + a[rows, cols] - z[rows, cols]
+    return dense.sum(-1).index_add(0, rows, nz)
 
 
 def log_poisson(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
