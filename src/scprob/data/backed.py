@@ -53,7 +53,7 @@ class ChunkedLoader:
     def __init__(self, store: BackedStore, indices=None, batch_size: int = 128, shuffle: bool = False,
                  seed: int = 0, drop_last_below: int = 0, chunk_size: int = 16_384, shard: bool = False):
         if shard and torch.distributed.is_available() and torch.distributed.is_initialized():
-            raise NotImplementedError("training from a backed AnnData with DDP is not supported; load it into memory")
+            raise ValueError("training from a backed AnnData with DDP is not supported; load it into memory")
         self.store = store
         self.indices = np.sort(np.arange(store.n_obs) if indices is None else np.asarray(indices))
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, seed

@@ -18,6 +18,7 @@ For Pyro, :class:`PyroBaseModule` asks instead for ``model``/``guide`` and a sta
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 
 import torch
@@ -76,26 +77,29 @@ class LossOutput:
         return torch.as_tensor(_sum_terms(self.kl_global)).sum()
 
 
-class BaseModule(nn.Module):
-    """Base class of PyTorch modules: subclasses implement the five methods below."""
+class BaseModule(nn.Module, abc.ABC):
+    """Base class of PyTorch modules: subclasses implement the five abstract methods;
+    posterior predictive ``sample`` is optional."""
 
+    @abc.abstractmethod
     def _get_inference_input(self, tensors: dict[str, Tensor], **kwargs) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} must implement _get_inference_input")
+        """Select the minibatch tensors that ``inference`` reads."""
 
+    @abc.abstractmethod
     def inference(self, *args, **kwargs) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} must implement inference")
+        """q(latent | data): return the posterior(s) and samples."""
 
+    @abc.abstractmethod
     def _get_generative_input(self, tensors: dict[str, Tensor], inference_outputs: dict, **kwargs) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} must implement _get_generative_input")
+        """Select what ``generative`` reads from the minibatch and the inference outputs."""
 
+    @abc.abstractmethod
     def generative(self, *args, **kwargs) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} must implement generative")
+        """p(data | latent): return the likelihood (and priors)."""
 
+    @abc.abstractmethod
     def loss(self, tensors: dict[str, Tensor], inference_outputs: dict, generative_outputs: dict, **kwargs) -> LossOutput:
-        raise NotImplementedError(f"{type(self).__name__} must implement loss")
-
-    def sample(self, tensors: dict[str, Tensor], n_samples: int = 1) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} does not implement posterior predictive sampling")
+        """The objective (e.g. negative ELBO) as a :class:`LossOutput`."""
 
     @property
     def device(self) -> torch.device:
@@ -122,17 +126,20 @@ class BaseModule(nn.Module):
         return inf_out, gen_out, self.loss(tensors, inf_out, gen_out, **(loss_kwargs or {}))
 
 
-class PyroBaseModule(nn.Module):
+class PyroBaseModule(nn.Module, abc.ABC):
     """Base class of Pyro modules: implement ``model``, ``guide`` (same signature) and
     ``_get_fn_args_from_batch(tensors) -> (args, kwargs)``.  Trained by
     :class:`scprob.train.PyroTrainingPlan` with ``pyro.infer.Trace_ELBO``."""
 
     @staticmethod
+    @abc.abstractmethod
     def _get_fn_args_from_batch(tensors: dict[str, Tensor]) -> tuple[tuple, dict]:
-        raise NotImplementedError
+        """Positional and keyword arguments of ``model``/``guide`` for one minibatch."""
 
+    @abc.abstractmethod
     def model(self, *args, **kwargs):
-        raise NotImplementedError
+        """The generative model, in Pyro primitives."""
 
+    @abc.abstractmethod
     def guide(self, *args, **kwargs):
-        raise NotImplementedError
+        """The variational distribution, in Pyro primitives."""
