@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from ..data import DataError
-from ..data.registry import UNS_KEY, _categories, transfer_setup
+from ..data.registry import _categories, transfer_setup
 from ..data.validate import check_obs_column, get_matrix, iter_row_chunks
 
 log = logging.getLogger("scprob")
@@ -145,7 +145,6 @@ def load_query_data(cls, query_adata, reference, freeze: bool = True, min_gene_o
     args = reg["setup_args"]
     aligned = align_genes(query_adata, reg["var_names"], args["layer"], min_gene_overlap)
     new_reg = extend_registry(reg, aligned)
-    aligned.uns[UNS_KEY] = json.dumps(new_reg)
     transfer_setup(aligned, new_reg)
     model = cls(aligned, **payload["init_params"])
     trainable = transplant(payload["state_dict"], model.module, freeze)

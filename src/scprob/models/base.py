@@ -49,7 +49,7 @@ class BaseModel:
         self.history_: dict = {}
         self.is_trained_ = False
         self._plan_defaults: dict = {}
-        self._stores: dict[int, TensorStore] = {}
+        self._stores: dict[int, tuple[object, TensorStore]] = {}
         self._device = torch.device("cpu")
         torch.manual_seed(settings.seed)  # module init is reproducible
 
@@ -106,9 +106,11 @@ class BaseModel:
         adata = self._validate_anndata(adata)
         key = id(adata)
         if key not in self._stores:
+            # keep the training data's store and the latest other one; each entry holds
+            # its AnnData, so an id cannot be recycled while it is cached
             self._stores = {k: v for k, v in self._stores.items() if k == id(self.adata)}
-            self._stores[key] = self._make_store(adata)
-        return self._stores[key]
+            self._stores[key] = (adata, self._make_store(adata))
+        return self._stores[key][1]
 
     def _make_store(self, adata) -> TensorStore:
         if getattr(adata, "isbacked", False) and not get_registry(adata).get("minified"):
