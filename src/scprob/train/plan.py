@@ -43,11 +43,9 @@ class TrainingPlan(pl.LightningModule):
         lr_threshold: float = 0.0,
         lr_min: float = 0.0,
         lr_scheduler_metric: str = "elbo_validation",
-        compile: bool = False,
     ):
         super().__init__()
-        self.module = torch.compile(module) if compile else module
-        self._raw_module = module
+        self.module = module
         self.lr, self.weight_decay, self.eps, self.optimizer_name = lr, weight_decay, eps, optimizer
         self.n_steps_kl_warmup, self.n_epochs_kl_warmup = n_steps_kl_warmup, n_epochs_kl_warmup
         self.max_kl_weight, self.min_kl_weight = max_kl_weight, min_kl_weight
@@ -164,9 +162,9 @@ class PyroTrainingPlan(TrainingPlan):
         self.loss_fn = loss_fn or pyro.infer.Trace_ELBO()
 
     def _step(self, batch, split: str):
-        args, kwargs = self._raw_module._get_fn_args_from_batch(batch)
+        args, kwargs = self.module._get_fn_args_from_batch(batch)
         n = next(iter(batch.values())).shape[0]
-        elbo_loss = self.loss_fn.differentiable_loss(self._raw_module.model, self._raw_module.guide, *args, **kwargs)
+        elbo_loss = self.loss_fn.differentiable_loss(self.module.model, self.module.guide, *args, **kwargs)
         lo = LossOutput(loss=elbo_loss / n, reconstruction_loss=elbo_loss.detach().reshape(1), n_obs_minibatch=n)
         self._accumulate(split, lo)
         return lo.loss
