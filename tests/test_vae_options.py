@@ -28,6 +28,7 @@ OPTION_SETS = [
     dict(use_observed_lib_size=False),
     dict(use_observed_lib_size=False, encode_covariates=True),
     dict(log_variational=False),
+    dict(normalize_encoder_input=True),
     dict(var_activation=torch.nn.functional.softplus),
     dict(decoder_type="linear"),
     dict(decoder_type="linear", linear_decoder_bias=True, use_batch_norm="none"),
