@@ -37,6 +37,11 @@ def iter_row_chunks(X, chunk_size: int = 20_000) -> Iterator[tuple[int, np.ndarr
         yield start, block
 
 
+def row_totals(X) -> np.ndarray:
+    """Per-cell sums of any matrix (dense, sparse or backed), read in row chunks."""
+    return np.concatenate([np.asarray(b.sum(axis=1)).ravel() for _, b in iter_row_chunks(X)])
+
+
 def _first_bad(block, mask_fn) -> tuple[int, int] | None:
     """(row, col) of the first stored entry of ``block`` for which ``mask_fn`` is true."""
     if sp.issparse(block):
@@ -117,8 +122,7 @@ def drop_empty_cells(adata, layer: str | None = None):
     """Return ``adata`` without cells whose total count is zero (logs how many were dropped)."""
     import logging
 
-    X = get_matrix(adata, layer)
-    totals = np.concatenate([np.asarray(b.sum(axis=1)).ravel() for _, b in iter_row_chunks(X)])
+    totals = row_totals(get_matrix(adata, layer))
     keep = totals > 0
     n_drop = int((~keep).sum())
     if n_drop:

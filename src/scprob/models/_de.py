@@ -57,7 +57,7 @@ def _raw_stats(model, adata, idx: np.ndarray) -> dict[str, np.ndarray]:
         nan = np.full(n_genes, np.nan)
         return dict(raw_mean=nan, non_zeros_proportion=nan, raw_normalized_mean=nan)
     X = get_matrix(adata, reg["setup_args"]["layer"])[np.sort(idx)]
-    X = sp.csr_matrix(X) if not isinstance(X, np.ndarray) else sp.csr_matrix(np.asarray(X))
+    X = sp.csr_matrix(X)
     lib = np.asarray(X.sum(1)).ravel()
     norm = sp.diags(1e4 / np.maximum(lib, 1e-12)) @ X
     return dict(

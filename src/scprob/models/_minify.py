@@ -10,7 +10,7 @@ import torch
 
 from ..data.minified import LIB_KEY, QZM_KEY, QZV_KEY
 from ..data.registry import UNS_KEY, get_registry
-from ..data.validate import get_matrix, iter_row_chunks
+from ..data.validate import get_matrix, row_totals
 
 
 def minify(model) -> None:
@@ -28,7 +28,7 @@ def minify(model) -> None:
             qzm.append(qz.loc.cpu())
             qzv.append(qz.scale.pow(2).cpu())
     layer = reg["setup_args"]["layer"]
-    lib = np.concatenate([np.asarray(b.sum(axis=1)).ravel() for _, b in iter_row_chunks(get_matrix(adata, layer))])
+    lib = row_totals(get_matrix(adata, layer))
     adata.obsm[QZM_KEY] = torch.cat(qzm).numpy()
     adata.obsm[QZV_KEY] = torch.cat(qzv).numpy()
     adata.obs[LIB_KEY] = lib.astype(np.float32)

@@ -21,7 +21,7 @@ import torch
 
 from ..data import DataError
 from ..data.registry import _categories, transfer_setup
-from ..data.validate import check_obs_column, get_matrix, iter_row_chunks
+from ..data.validate import check_obs_column, get_matrix, iter_row_chunks, row_totals
 
 log = logging.getLogger("scprob")
 
@@ -71,8 +71,7 @@ def extend_registry(reg: dict, query) -> dict:
         cats = _categories(check_obs_column(query, bk, "batch_key", True))
         added = [c for c in cats if c not in new["batch_categories"]]
         if added:
-            X = get_matrix(query, args["layer"])
-            lib = np.concatenate([np.asarray(b.sum(axis=1)).ravel() for _, b in iter_row_chunks(X)])
+            lib = row_totals(get_matrix(query, args["layer"]))
             codes = query.obs[bk].astype(str).to_numpy()
             for c in added:
                 ll = np.log(np.maximum(lib[codes == c], 1.0))

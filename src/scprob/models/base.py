@@ -94,8 +94,8 @@ class BaseModel:
         """Return an AnnData ready to be read with this model's registry."""
         if adata is None or adata is self.adata:
             return self.adata
-        if UNS_KEY not in adata.uns or get_registry(adata).get("var_names") != self.registry["var_names"] \
-                or get_registry(adata).get("batch_categories") != self.registry["batch_categories"]:
+        reg = get_registry(adata) if UNS_KEY in adata.uns else {}
+        if any(reg.get(k) != self.registry[k] for k in ("var_names", "batch_categories")):
             transfer_setup(adata, self.registry)
         return adata
 
@@ -113,9 +113,9 @@ class BaseModel:
         return self._stores[key][1]
 
     def _make_store(self, adata) -> TensorStore:
-        if getattr(adata, "isbacked", False) and not get_registry(adata).get("minified"):
-            return BackedStore(adata, get_registry(adata), device=self._device)
-        return TensorStore(adata, get_registry(adata), device=self._device)
+        reg = get_registry(adata)
+        cls = BackedStore if getattr(adata, "isbacked", False) and not reg.get("minified") else TensorStore
+        return cls(adata, reg, device=self._device)
 
     @staticmethod
     def _loader_cls(store: TensorStore):

@@ -6,14 +6,11 @@ Lightning is what lets a user move from one CPU to many GPUs or nodes: ``acceler
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import lightning.pytorch as pl
 import pandas as pd
 from lightning.pytorch.callbacks import Callback, EarlyStopping
-
-log = logging.getLogger("scprob")
 
 
 class EpochProgressBar(Callback):
