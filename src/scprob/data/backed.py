@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from .keys import Keys
-from .loader import CSRRows, TensorStore
+from .loader import CSRRows, TensorStore, n_batches
 from .validate import get_matrix
 
 
@@ -65,8 +65,7 @@ class ChunkedLoader:
         return [self.indices[i : i + self.chunk_size] for i in range(0, self.indices.size, self.chunk_size)]
 
     def _n_batches(self, n: int) -> int:
-        full, rest = divmod(n, self.batch_size)
-        return full + int(rest > 0 and rest >= max(self.drop_last_below, 1))
+        return n_batches(n, self.batch_size, self.drop_last_below)
 
     def __len__(self) -> int:
         return sum(self._n_batches(c.size) for c in self._chunks())

@@ -87,6 +87,13 @@ class TensorStore:
         return batch
 
 
+def n_batches(n: int, batch_size: int, drop_last_below: int = 0) -> int:
+    """Minibatches for ``n`` cells: full ones, plus the remainder unless smaller than
+    ``drop_last_below``."""
+    full, rest = divmod(n, batch_size)
+    return full + int(rest > 0 and rest >= max(drop_last_below, 1))
+
+
 class BatchLoader:
     """Iterable of minibatch dicts.
 
@@ -140,8 +147,7 @@ class BatchLoader:
         return idx
 
     def _n_batches(self, n: int) -> int:
-        full, rest = divmod(n, self.batch_size)
-        return full + int(rest > 0 and rest >= max(self.drop_last_below, 1))
+        return n_batches(n, self.batch_size, self.drop_last_below)
 
     def __len__(self) -> int:
         n = self.indices.shape[0]
