@@ -101,8 +101,15 @@ def test_minified_matches_full(tmp_path):
     m = SCVI(a, n_hidden=16, n_latent=3)
     m.train(max_epochs=10, enable_progress_bar=False)
     z = m.get_latent_representation()
+    counts = a.X.copy()
+    obs_cols = list(a.obs.columns)
+    assert m.minified_data_type is None
     m.minify_adata()
-    assert m.adata.X.nnz == 0
+    # the user's AnnData keeps its counts and columns; the model holds a minified copy
+    assert m.adata is not a and (a.X != counts).nnz == 0 and list(a.obs.columns) == obs_cols
+    assert "X_latent_qzm" not in a.obsm
+    assert m.adata.X.nnz == 0 and m.minified_data_type == "latent_posterior_parameters"
+    np.testing.assert_allclose(m.adata.obsm["X_latent_qzm"], z, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m.get_latent_representation(), z, rtol=1e-5, atol=1e-6)
     expr = m.get_normalized_expression()
     assert expr.shape == (120, 30)
@@ -116,6 +123,22 @@ def test_minified_matches_full(tmp_path):
     m.save(tmp_path / "mini", save_anndata=True)
     m2 = SCVI.load(tmp_path / "mini")
     np.testing.assert_allclose(m2.get_latent_representation(), z, rtol=1e-5, atol=1e-6)
+    assert m2.minified_data_type == "latent_posterior_parameters"
+
+
+def test_minify_user_keys_and_inplace():
+    scprob.settings.seed = 0
+    a = make_counts(n_cells=80, n_genes=20)
+    SCVI.setup_anndata(a, batch_key="batch")
+    m = SCVI(a, n_hidden=8, n_latent=2)
+    m.train(max_epochs=3, enable_progress_bar=False)
+    qzm, qzv = m.get_latent_representation(return_dist=True)
+    a.obsm["my_qzm"], a.obsm["my_qzv"] = qzm, qzv  # scvi-tools' way: the user stores them
+    with pytest.raises(ValueError, match="minified_data_type"):
+        m.minify_adata(minified_data_type="latent_posterior_parameters_with_counts")
+    m.minify_adata(use_latent_qzm_key="my_qzm", use_latent_qzv_key="my_qzv", inplace=True)
+    assert m.adata is a and a.X.nnz == 0  # asked for: the user's object is minified
+    np.testing.assert_allclose(m.get_latent_representation(), qzm, rtol=1e-5, atol=1e-6)
 
 
 def test_query_mapping_on_held_out_protocol(tmp_path, caplog):

@@ -59,7 +59,7 @@ class TensorStore:
             self.tensors[key] = _as_tensor(arr, dtype).to(self.device)
         self.x = None
         if registry.get("minified"):  # cached posterior instead of counts
-            for key, arr in cached_posterior(adata).items():
+            for key, arr in cached_posterior(adata, registry).items():
                 self.add(key, arr)
             load_x = False
         if load_x:

@@ -178,10 +178,11 @@ def transfer_setup(adata, registry: dict) -> dict:
     for key in [args["batch_key"], *args["categorical_covariate_keys"], *args["continuous_covariate_keys"], args["size_factor_key"]]:
         if key:
             check_obs_column(adata, key, "registered column", key not in args["continuous_covariate_keys"] and key != args["size_factor_key"])
-    was_minified = UNS_KEY in adata.uns and json.loads(adata.uns[UNS_KEY]).get("minified", False)
+    own = json.loads(adata.uns[UNS_KEY]) if UNS_KEY in adata.uns else {}
     scan = scan_matrix(adata, args["layer"])
     new = dict(registry)
-    new["minified"] = was_minified
+    new["minified"] = bool(own.get("minified", False))
+    new["minified_keys"] = own.get("minified_keys") if new["minified"] else None
     new["n_obs"] = int(adata.n_obs)
     new["first_non_integer"] = scan["first_non_integer"]
     new["data_location"] = scan["where"]

@@ -252,15 +252,30 @@ class SCVI(BaseModel):
         return load_query_data(cls, query_adata, reference, freeze, min_gene_overlap)
 
     # ------------------------------------------------------------ minified
-    def minify_adata(self) -> None:
-        """Replace the counts by the cached posterior: ``obsm["_scprob_qzm"]``,
-        ``obsm["_scprob_qzv"]`` (mean / variance of q(z|x)) and
-        ``obs["_scprob_observed_lib_size"]``; X becomes an empty sparse matrix.  Latent,
-        normalized expression, DE and sampling then run from the cache."""
+    def minify_adata(
+        self,
+        minified_data_type: str = "latent_posterior_parameters",
+        use_latent_qzm_key: str = "X_latent_qzm",
+        use_latent_qzv_key: str = "X_latent_qzv",
+        inplace: bool = False,
+    ) -> None:
+        """Replace the model's counts by the cached posterior: ``obsm[use_latent_qzm_key]``,
+        ``obsm[use_latent_qzv_key]`` (mean / variance of q(z|x); taken from there if the
+        user stored them, as in scvi-tools, else computed) and ``obs["observed_lib_size"]``.
+        Latent, normalized expression, DE and sampling then run from the cache.
+
+        ``model.adata`` becomes a new AnnData with an empty X and no layers; the user's
+        AnnData keeps its counts.  ``inplace=True`` instead empties the counts of the
+        AnnData object the model was built on (saves memory; the counts are gone)."""
         from ._minify import minify
 
         self._check_trained()
-        minify(self)
+        minify(self, minified_data_type, use_latent_qzm_key, use_latent_qzv_key, inplace)
+
+    @property
+    def minified_data_type(self) -> str | None:
+        """``"latent_posterior_parameters"`` once minified, else ``None`` (scvi-tools)."""
+        return self.registry.get("minified_type", "latent_posterior_parameters") if self.registry.get("minified") else None
 
 
 class LDVAE(SCVI):
