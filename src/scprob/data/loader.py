@@ -110,6 +110,11 @@ class BatchLoader:
     shard
         Under ``torch.distributed``, give each rank an equal share (training and
         validation); inference loaders keep every cell.
+    n_samples_per_epoch
+        With ``shuffle``, the cells one epoch visits: a prefix of the permutation when
+        smaller than the data (large data: epochs of bounded length), back-to-back
+        permutations when larger (small data: enough steps per epoch for a meaningful
+        epoch-level loss and early stopping).  ``None``: every cell once.
     """
 
     def __init__(
@@ -121,8 +126,10 @@ class BatchLoader:
         seed: int = 0,
         drop_last_below: int = 0,
         shard: bool = False,
+        n_samples_per_epoch: int | None = None,
     ):
         self.store = store
+        self.n_samples_per_epoch = int(n_samples_per_epoch) if n_samples_per_epoch and shuffle else None
         self.indices = torch.as_tensor(np.arange(store.n_obs) if indices is None else np.asarray(indices), dtype=torch.int64)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -138,7 +145,9 @@ class BatchLoader:
         idx = self.indices
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
-            idx = idx[torch.randperm(idx.shape[0], generator=g)]
+            n, want = idx.shape[0], self.n_samples_per_epoch or idx.shape[0]
+            reps = -(-want // n)
+            idx = torch.cat([idx[torch.randperm(n, generator=g)] for _ in range(reps)])[:want]
         if self._distributed():
             world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
             per_rank = -(-idx.shape[0] // world)
@@ -150,7 +159,7 @@ class BatchLoader:
         return n_batches(n, self.batch_size, self.drop_last_below)
 
     def __len__(self) -> int:
-        n = self.indices.shape[0]
+        n = self.n_samples_per_epoch or self.indices.shape[0]
         if self._distributed():
             n = -(-n // torch.distributed.get_world_size())
         return self._n_batches(n)

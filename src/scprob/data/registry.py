@@ -42,11 +42,14 @@ def setup_anndata(
     categorical_covariate_keys: list[str] | None = None,
     continuous_covariate_keys: list[str] | None = None,
     model_name: str = "SCVI",
+    count_data: bool = True,
 ) -> dict:
     """Validate ``adata`` and store its registry in ``adata.uns``; returns the registry.
 
     Raises :class:`DataError` (before any training) for missing keys, NaN in a
     batch/label/covariate column, NaN/Inf/negative values, or cells with zero counts.
+    ``count_data=False`` (continuous measurements such as cytometry) registers the obs
+    fields only: no count checks, no library-size prior; the model checks its matrix.
     """
     get_matrix(adata, layer)  # checks the layer exists
     setup_args = dict(
@@ -68,6 +71,15 @@ def setup_anndata(
             cell = adata.obs_names[np.flatnonzero(sf <= 0)[0]]
             raise DataError(f"size factors in adata.obs[{size_factor_key!r}] must be > 0; first bad cell {cell!r}.")
 
+    if not count_data:
+        registry = dict(
+            model_name=model_name, scprob_version=_version(), setup_args=setup_args, n_obs=int(adata.n_obs),
+            n_vars=int(adata.n_vars), var_names=[str(v) for v in adata.var_names], batch_categories=batch_cats,
+            label_categories=label_cats, categorical_covariate_categories=cat_cov,
+            n_continuous_cov=len(setup_args["continuous_covariate_keys"]), count_data=False,
+        )
+        adata.uns[UNS_KEY] = json.dumps(registry)
+        return registry
     scan = scan_matrix(adata, layer)
     totals = scan["totals"]
     empty = np.flatnonzero(totals <= 0)

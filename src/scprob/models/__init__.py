@@ -2,5 +2,6 @@
 
 from .base import BaseModel
 from .scvi import LDVAE, SCVI
+from .scyan import Scyan
 
-__all__ = ["BaseModel", "LDVAE", "SCVI"]
+__all__ = ["BaseModel", "LDVAE", "SCVI", "Scyan"]

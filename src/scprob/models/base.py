@@ -49,6 +49,7 @@ class BaseModel:
         self.history_: dict = {}
         self.is_trained_ = False
         self._plan_defaults: dict = {}
+        self._train_loader_kwargs: dict = {}  # e.g. n_samples_per_epoch
         self._stores: dict[int, tuple[object, TensorStore]] = {}
         self._device = torch.device("cpu")
         torch.manual_seed(settings.seed)  # module init is reproducible
@@ -176,7 +177,9 @@ class BaseModel:
         else:
             train_idx, val_idx = split_indices(n, train_size, validation_size, seed=seed)
         loader_cls = self._loader_cls(store)
-        train_loader = loader_cls(store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=3, shard=True)
+        train_loader = loader_cls(
+            store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=3, shard=True, **self._train_loader_kwargs
+        )
         val_loader = loader_cls(store, val_idx, batch_size, shuffle=False, shard=True) if len(val_idx) else None
         if len(train_loader) == 0:
             raise DataError(f"Too few cells to train ({len(train_idx)} in the training split).")
@@ -261,6 +264,11 @@ class BaseModel:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    @classmethod
+    def _setup_loaded(cls, adata, registry: dict) -> None:
+        """Register ``adata`` with a saved model's registry before the model is rebuilt."""
+        transfer_setup(adata, registry)
+
     def _extra_state(self) -> dict:
         return {}
 
@@ -284,7 +292,7 @@ class BaseModel:
             import anndata as ad
 
             adata = ad.read_h5ad(h5)
-        transfer_setup(adata, payload["registry"])
+        cls._setup_loaded(adata, payload["registry"])
         model = cls(adata, **payload["init_params"])
         model.module.load_state_dict(payload["state_dict"])
         model.history_ = payload["history"]

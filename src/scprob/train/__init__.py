@@ -1,6 +1,6 @@
 """Training: Lightning plans (ELBO with KL warm-up, Pyro SVI) and the runner."""
 
-from .plan import PyroTrainingPlan, TrainingPlan
-from .trainer import EpochProgressBar, history_frames, run_training
+from .plan import FlowTrainingPlan, PyroTrainingPlan, TrainingPlan
+from .trainer import EpochProgressBar, RelativeEarlyStopping, history_frames, run_training
 
-__all__ = ["EpochProgressBar", "PyroTrainingPlan", "TrainingPlan", "history_frames", "run_training"]
+__all__ = ["EpochProgressBar", "FlowTrainingPlan", "PyroTrainingPlan", "RelativeEarlyStopping", "TrainingPlan", "history_frames", "run_training"]

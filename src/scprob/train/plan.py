@@ -178,3 +178,42 @@ class PyroTrainingPlan(TrainingPlan):
     def configure_optimizers(self):
         # Pyro creates some parameters lazily; run one guide pass first (see train.fit).
         return super().configure_optimizers()
+
+
+class FlowTrainingPlan(TrainingPlan):
+    """Maximum likelihood for a normalizing-flow module with a mixture prior (Scyan).
+
+    Per epoch ``e``: the module's loss is called with ``use_temperature = (e % modulo_temp
+    > 0)`` (temperature epochs up-weight small populations; every ``modulo_temp``-th
+    epoch fits the population weights), and the generative step with
+    ``prior_std = warm_up[0]`` for the first ``warm_up[1]`` epochs (a wider prior while
+    the flow is far from the table) and the module's own ``prior_std`` after.  Adam, no
+    KL warm-up; the logged ``elbo_*`` is the exact per-cell negative log-likelihood.
+    """
+
+    def __init__(self, module, lr: float = 1e-3, weight_decay: float = 0.0, eps: float = 1e-8, modulo_temp: int = 3,
+                 warm_up: tuple[float, int] | None = (0.35, 4), **kwargs):
+        kwargs.setdefault("n_epochs_kl_warmup", None)
+        super().__init__(module, lr=lr, weight_decay=weight_decay, eps=eps, **kwargs)
+        self.modulo_temp = int(modulo_temp)
+        self.warm_up = warm_up
+
+    def _prior_std(self) -> float | None:
+        if self.warm_up is not None and self.current_epoch < self.warm_up[1]:
+            return float(self.warm_up[0])
+        return None
+
+    def _use_temperature(self) -> bool:
+        return self.modulo_temp > 1 and self.current_epoch % self.modulo_temp > 0
+
+    def training_step(self, batch, batch_idx):
+        _, _, lo = self.module(
+            batch, generative_kwargs={"prior_std": self._prior_std()},
+            loss_kwargs={"use_temperature": self._use_temperature()},
+        )
+        self._accumulate("train", lo)
+        return lo.loss
+
+    def validation_step(self, batch, batch_idx):
+        _, _, lo = self.module(batch)
+        self._accumulate("validation", lo)

@@ -43,6 +43,55 @@ class EpochProgressBar(Callback):
             self.bar = None
 
 
+class RelativeEarlyStopping(EarlyStopping):
+    """Early stopping that does not depend on the loss's units.
+
+    An epoch *improves* when ``monitor`` falls below the best value so far by more than
+    ``min_delta_rel * (first - best)``: a fraction of the progress made since the first
+    epoch, so the same setting works for a loss near 0, near 1e4 or negative (a density
+    in many dimensions).  Training stops after ``patience`` epochs without improvement
+    (never before ``min_epochs``).  (A Lightning ``EarlyStopping`` subclass only so that
+    Lightning runs it after the plan has logged the epoch's metrics.)
+    """
+
+    def __init__(self, monitor: str, patience: int = 4, min_delta_rel: float = 0.01, min_epochs: int = 0):
+        super().__init__(monitor=monitor, patience=patience, mode="min", check_on_train_epoch_end=True)
+        self.monitor, self.patience, self.min_delta_rel, self.min_epochs = monitor, patience, min_delta_rel, min_epochs
+        self.first = self.best = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+
+    def _check(self, trainer) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self.first is None:
+            self.first = self.best = value
+            return
+        if self.best - value > self.min_delta_rel * max(self.first - self.best, 0.0):
+            self.best, self.wait = value, 0
+        else:
+            self.best = min(self.best, value)
+            self.wait += 1
+        if self.wait >= self.patience and trainer.current_epoch + 1 >= self.min_epochs:
+            self.stopped_epoch = trainer.current_epoch
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._check(trainer)
+
+    def on_validation_end(self, trainer, pl_module):
+        pass
+
+    def state_dict(self) -> dict:
+        return dict(first=self.first, best=self.best, wait=self.wait)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first, self.best, self.wait = state["first"], state["best"], state["wait"]
+
+
 def history_frames(history: dict[str, list[tuple[int, float]]]) -> dict[str, pd.DataFrame]:
     """scvi-tools layout: one DataFrame per metric, indexed by epoch, one column."""
     out = {}
