@@ -190,6 +190,18 @@ def _parse_text(raw: bytes, where: str) -> dict[str, str]:
         i = j + 1
     if buf:
         tokens.append("".join(buf))
+    if len(tokens) % 2 or any(delim + "$" in t for t in tokens):
+        # some writers leave values empty ("/$P3S//$P4N/..."), against the standard; read
+        # with escaping, that swallows the next keyword (odd field count, or a field holding
+        # "/$KEYWORD").  Then take the plain split if it gives pairs with non-empty keywords.
+        plain = text[1:end].split(delim)
+        if plain and plain[-1] == "" and text[end - 1] == delim:
+            plain = plain[:-1]
+        if len(plain) % 2 == 0 and all(k.strip() for k in plain[::2]):
+            warnings.warn(
+                f"{where}: TEXT segment has empty keyword values; read without delimiter escaping", UserWarning, stacklevel=3
+            )
+            tokens = plain
     if len(tokens) % 2:
         raise DataError(
             f"{where}: TEXT segment cannot be parsed (odd number of keyword/value fields: {len(tokens)}; "
@@ -414,7 +426,8 @@ def read_fcs(path: str | os.PathLike) -> ad.AnnData:
     obs_spec = kw.get(_OBS_KEY)
     if obs_spec:
         keep = _restore_obs(obs_spec, X, pnn, kw, obs, where)
-    X = np.ascontiguousarray(X[:, keep])
+    if not keep.all():
+        X = np.ascontiguousarray(X[:, keep])
     var = var.loc[keep].reset_index(drop=True)
     var.index = make_unique([n for n, k in zip(names, keep) if k], what=f"marker names in {path.name}")
 
