@@ -36,9 +36,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(args.threads)
 
+import anndata as ad  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import anndata as ad  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
