@@ -1,6 +1,6 @@
 """Data layer: validation, registration (the registry saved with a model), tensors, loaders."""
 
-from .datasets import load_mixology
+from .datasets import load_aml, load_mixology
 from .keys import Keys
 from .loader import BatchLoader, CSRRows, TensorStore, split_indices
 from .registry import check_same_genes, get_registry, setup_anndata, transfer_setup
@@ -15,6 +15,7 @@ __all__ = [
     "check_same_genes",
     "drop_empty_cells",
     "get_registry",
+    "load_aml",
     "load_mixology",
     "setup_anndata",
     "split_indices",

@@ -201,10 +201,11 @@ class Scyan(BaseModel):
             log.info("new data has no preprocessing record: applying the training data's (%s)", _describe(record))
             import anndata as ad
 
-            sub = ad.AnnData(marker_matrix(adata, self.markers, layer), obs=pd.DataFrame(index=adata.obs_names.astype(str)),
-                             var=pd.DataFrame(index=self.markers))
+            # all channels and the file's spillover: compensation may involve non-table channels
+            sub = ad.AnnData(np.array(get_matrix(adata, layer), dtype=np.float32), obs=pd.DataFrame(index=adata.obs_names.astype(str)),
+                             var=adata.var.copy(), uns={"fcs": adata.uns["fcs"]} if "fcs" in adata.uns else {})
             apply_preprocessing(sub, record)
-            return np.asarray(sub.X, dtype=np.float32)
+            return marker_matrix(sub, self.markers)
         if record and theirs and _describe(record.get("transform")) != _describe(theirs.get("transform")):
             warnings.warn(
                 f"new data was transformed differently ({_describe(theirs.get('transform'))}) from the training data "
