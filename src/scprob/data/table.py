@@ -3,9 +3,10 @@
 between -1 and 1 (e.g. 0 or 0.5 for "mid" / "low" expression, as in published Scyan
 tables) are accepted as intermediate targets.
 
-A table is a CSV whose first column names the populations; further *non-numeric*
-columns (e.g. ``"level"``, ``"level 1"``, ``"level 2"``) are hierarchy levels (coarser
-groupings of the populations); all other columns are markers.  A DataFrame may also
+A table is a CSV whose first column names the populations; further columns named
+``"level..."`` (e.g. ``"level"``, ``"level 1"``, ``"level 2"``) or holding no number at all
+are hierarchy levels (coarser groupings of the populations); all other columns are
+markers (a word among a marker's numbers, e.g. ``"pos"``, is an error, not a level).  A DataFrame may also
 carry the levels as extra index levels (a MultiIndex whose first level is the
 population).  :func:`read_table` returns a :class:`KnowledgeTable`; every problem is a
 :class:`DataError` naming the population, marker and value.
@@ -43,11 +44,15 @@ class KnowledgeTable:
         return pd.DataFrame(self.rho.to_numpy(), index=idx, columns=self.rho.columns)
 
 
-def _is_level_column(col: pd.Series) -> bool:
+def _is_level_column(name, col: pd.Series) -> bool:
+    """A hierarchy level: named "level..." or holding no number at all.  A column mixing
+    numbers and words is a marker column with a typo (reported by read_table)."""
+    if str(name).strip().lower().startswith("level"):
+        return True
     vals = col.dropna()
     if vals.empty:
         return False
-    return pd.to_numeric(vals, errors="coerce").isna().any()
+    return pd.to_numeric(vals, errors="coerce").isna().all()
 
 
 def read_table(table: str | os.PathLike | pd.DataFrame | KnowledgeTable) -> KnowledgeTable:
@@ -73,8 +78,8 @@ def read_table(table: str | os.PathLike | pd.DataFrame | KnowledgeTable) -> Know
         levels = flat.iloc[:, 1:].set_index(df.index)
     else:
         df.index = df.index.astype(str)
-        level_cols = [c for c in df.columns if _is_level_column(df[c])]
-        levels = df[level_cols].astype(str)
+        level_cols = [c for c in df.columns if _is_level_column(c, df[c])]
+        levels = df[level_cols].apply(lambda s: s.map(lambda v: v if pd.isna(v) else str(v)))  # empty stays NaN
         df = df.drop(columns=level_cols)
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise DataError("the knowledge table needs at least one population (row) and one marker (column)")
