@@ -6,14 +6,28 @@ import html
 import json
 from pathlib import Path
 
+import pandas as pd
 
-def write_report(path: str | Path, title: str, summary: dict, metrics: dict, figures: list[tuple[str, str]]) -> Path:
-    """``figures``: (caption, relative PNG path) pairs."""
+
+def write_report(
+    path: str | Path,
+    title: str,
+    summary: dict,
+    metrics: dict,
+    figures: list[tuple[str, str]],
+    tables: list[tuple[str, pd.DataFrame]] | None = None,
+) -> Path:
+    """``figures``: (caption, relative PNG path) pairs; ``tables``: (heading, DataFrame)
+    pairs shown before the figures."""
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary.items())
     mrows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in metrics.items())
     figs = "".join(
         f'<figure><img src="{html.escape(src)}" alt="{html.escape(cap)}"><figcaption>{html.escape(cap)}</figcaption></figure>'
         for cap, src in figures
+    )
+    tabs = "".join(
+        f"<h2>{html.escape(cap)}</h2>{df.to_html(float_format=lambda v: f'{v:.2f}', na_rep='', border=0)}"
+        for cap, df in tables or []
     )
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -23,7 +37,7 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <h2>Run</h2><table>{rows}</table>
 <h2>Metrics</h2><table>{mrows or '<tr><td>no labels given: no label metrics</td></tr>'}</table>
-<h2>Figures</h2>{figs}
+{tabs}<h2>Figures</h2>{figs}
 </body></html>
 """
     Path(path).write_text(doc)

@@ -1,8 +1,13 @@
 """``scprob`` command line.
 
-    scprob demo [--out DIR] [--max-epochs N]
+    scprob demo [scvi|scyan] [--out DIR] [--max-epochs N]
     scprob fit scvi|ldvae DATA.h5ad --batch-key K [--labels-key K] [--layer L]
                [--max-epochs N] [--n-latent N] [--gene-likelihood G] [--seed S] --out DIR
+    scprob annotate DATA.(fcs|h5ad|csv) --table TABLE.csv [--cofactor C | --logicle | --no-transform]
+               [--no-scale] [--no-compensate] [--batch-key K] [--labels-key K] [--max-epochs N] --out DIR
+
+All commands also take --seed, --threads, --overwrite and -q; bad input exits with code 2
+(``scprob: error: ...``) and leaves no output folder.
 """
 
 from __future__ import annotations
@@ -18,14 +23,31 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scprob", description="Deep probabilistic models of single-cell omics.")
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--max-epochs", type=int, default=None, help="default: scvi-tools' rule (400 for small data)")
+    common.add_argument("--max-epochs", type=int, default=None,
+                        help="default: scVI: scvi-tools' rule (400 for small data); Scyan: 100, early stopping")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     common.add_argument("--threads", type=int, default=None, help="CPU threads (default: cores, at most 8)")
     common.add_argument("-q", "--quiet", action="store_true")
 
-    d = sub.add_parser("demo", parents=[common], help="train SCVI on the shipped mixology data and write a report")
-    d.add_argument("--out", default="scprob_demo")
+    d = sub.add_parser("demo", parents=[common],
+                       help="scvi: SCVI on the shipped mixology data; scyan: Scyan on the shipped AML CyTOF data")
+    d.add_argument("model", nargs="?", choices=["scvi", "scyan"], default="scvi", help="which demo (default: scvi)")
+    d.add_argument("--out", default=None, help="default: scprob_demo (scvi), scprob_demo_scyan (scyan)")
+
+    a = sub.add_parser("annotate", parents=[common], help="annotate cytometry cells with Scyan from a knowledge table")
+    a.add_argument("data", help="input .fcs, .h5ad or .csv (events x channels)")
+    a.add_argument("--table", required=True, help="knowledge table CSV: populations x markers, -1 / 1 / empty")
+    a.add_argument("--out", required=True)
+    t = a.add_mutually_exclusive_group()
+    t.add_argument("--cofactor", type=float, default=None,
+                   help="asinh cofactor (default: 5 for mass, 150 for flow cytometry, guessed from the data)")
+    t.add_argument("--logicle", action="store_true", help="logicle transform instead of asinh")
+    t.add_argument("--no-transform", action="store_true", help="the data are already transformed")
+    a.add_argument("--no-scale", action="store_true", help="do not standardize the markers")
+    a.add_argument("--no-compensate", action="store_true", help="ignore the FCS spillover matrix")
+    a.add_argument("--batch-key", default=None)
+    a.add_argument("--labels-key", default=None, help="manual labels, used only to score the annotation")
 
     f = sub.add_parser("fit", parents=[common], help="train SCVI or LDVAE on an .h5ad file")
     f.add_argument("model", choices=["scvi", "ldvae"])
@@ -54,9 +76,23 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         scprob.settings.num_threads = args.threads
+    if args.command == "demo" and args.out is None:
+        args.out = "scprob_demo" if args.model == "scvi" else "scprob_demo_scyan"
     try:
         prepare_out(args.out, args.overwrite)
-        if args.command == "demo":
+        if args.command == "annotate":
+            metrics = _annotate(args)
+        elif args.command == "demo" and args.model == "scyan":
+            from .annotate import run_annotate
+
+            adata, table = scprob.data.load_aml()
+            metrics = run_annotate(
+                adata, table, args.out, source="shipped AML CyTOF sample (scprob.data.load_aml)", transform="none",
+                scale=False, labels_key="cell_type", max_epochs=args.max_epochs, seed=args.seed,
+                overwrite=args.overwrite, quiet=args.quiet,
+                title="scprob demo: Scyan on AML CyTOF (14 populations, scored against manual gates)",
+            )
+        elif args.command == "demo":
             adata = scprob.data.load_mixology()
             metrics = run_pipeline(
                 adata, "scvi", args.out, batch_key="protocol", labels_key="cell_line",
@@ -90,6 +126,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _annotate(args) -> dict:
+    from .annotate import run_annotate
+    from .cytometry_input import read_input
+
+    adata, kind = read_input(args.data)
+    transform = "none" if args.no_transform else "logicle" if args.logicle else args.cofactor if args.cofactor is not None else "auto"
+    return run_annotate(
+        adata, args.table, args.out, input_kind=kind, source=Path(args.data).name, transform=transform,
+        scale=not args.no_scale, compensate=not args.no_compensate, batch_key=args.batch_key,
+        labels_key=args.labels_key, max_epochs=args.max_epochs, seed=args.seed, overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
 
 
 if __name__ == "__main__":

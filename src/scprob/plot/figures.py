@@ -48,7 +48,9 @@ def embed_2d(latent: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
 def plot_embedding(coords: np.ndarray, colors: dict[str, np.ndarray], path: str | Path, method: str = "t-SNE") -> Path:
     """One scatter panel per colouring (e.g. batch, label)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(colors), figsize=(5.2 * len(colors), 4.4), squeeze=False)
+    n_cats = max(len(np.unique(np.asarray(v).astype(str))) for v in colors.values())
+    outside = n_cats > 6  # a long legend goes beside the panel, not over the cells
+    fig, axes = plt.subplots(1, len(colors), figsize=((7.6 if outside else 5.2) * len(colors), 4.4), squeeze=False)
     for ax, (name, values) in zip(axes[0], colors.items()):
         values = np.asarray(values).astype(str)
         cats = np.unique(values)
@@ -60,7 +62,8 @@ def plot_embedding(coords: np.ndarray, colors: dict[str, np.ndarray], path: str 
         ax.set_xticks([])
         ax.set_yticks([])
         if len(cats) <= 20:
-            ax.legend(markerscale=2.5, fontsize=7, frameon=False, loc="best")
+            where = dict(loc="center left", bbox_to_anchor=(1.0, 0.5)) if outside else dict(loc="best")
+            ax.legend(markerscale=2.5, fontsize=7, frameon=False, **where)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
