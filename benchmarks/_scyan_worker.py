@@ -68,8 +68,10 @@ table = read_table(args.table)
 
 def make_model(adata):
     if args.impl == "scyan":
-        import scyan
+        import lightning
+        import scyan  # seeds everything with 0 at import
 
+        lightning.seed_everything(args.seed, verbose=False)  # so that --seed gives the peer different fits too
         return scyan.Scyan(adata, table), getattr(scyan, "__version__", "?")
     import scprob
     from scprob.models import Scyan
@@ -143,11 +145,15 @@ def fit():
     lab = labels_of(pred, model, adata)
     unassigned = np.array([v is None for v in lab])
     acc = float(np.mean(np.where(unassigned, False, lab.astype(str) == truth)))  # unknown = error
+    from sklearn.metrics import f1_score
+
+    pred_names = np.where(unassigned, "unassigned", lab.astype(str))
+    macro_f1 = float(f1_score(truth, pred_names, labels=sorted(set(truth)), average="macro"))
     print(json.dumps(dict(
         impl=args.impl, version=version, threads=args.threads, torch_threads=torch.get_num_threads(),
         n_cells=int(adata.n_obs), n_markers=int(table.shape[1]), n_pops=int(table.shape[0]),
         fit_s=round(fit_s, 3), predict_s=round(predict_s, 3), epochs=n_epochs(model),
-        accuracy=round(acc, 5), unassigned=int(unassigned.sum()), peak_rss_gb=round(peak_rss_gb(), 3),
+        accuracy=round(acc, 5), macro_f1=round(macro_f1, 5), unassigned=int(unassigned.sum()), peak_rss_gb=round(peak_rss_gb(), 3),
         torch=torch.__version__,
     )), flush=True)
 

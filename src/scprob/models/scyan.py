@@ -218,7 +218,7 @@ class Scyan(BaseModel):
         self,
         max_epochs: int = 100,
         batch_size: int = 4096,
-        lr: float = 1e-3,
+        lr: float = 5e-4,
         patience: int = 4,
         min_delta_rel: float = 0.01,
         min_epochs: int = 8,
