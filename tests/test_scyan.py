@@ -419,7 +419,7 @@ def test_predict_and_proba(trained, aml):
     assert list(col.cat.categories) == list(table.index)
     assert pops.index.equals(adata.obs_names)
     assert np.isfinite(adata.obs["scyan_log_prob"]).all()
-    full = trained.predict(alpha=None, key_added=None)
+    full = trained.predict(unknown=None, key_added=None)
     assert full.notna().all()
     assert (full.astype(str) == adata.obs["cell_type"].astype(str)).mean() > 0.5  # it learned something
     proba = trained.predict_proba()
@@ -450,8 +450,8 @@ def test_predict_new_data_equals_training(trained):
 
 
 def test_unassigned_cells(trained):
-    none = trained.predict(alpha=None, key_added=None)
-    strict = trained.predict(alpha=0.5, key_added=None)
+    none = trained.predict(unknown=None, key_added=None)
+    strict = trained.predict(unknown=0.5, key_added=None)
     default = trained.predict(key_added=None)
     assert none.isna().sum() == 0
     assert strict.isna().sum() > 0
@@ -460,8 +460,28 @@ def test_unassigned_cells(trained):
     assert (strict[kept].astype(str) == none[kept].astype(str)).all()  # unknown only blanks, never relabels
 
 
+def test_unknown_ratio_rule(trained):
+    """Default rule: a cell whose latent point sits between the targets (u = 0 on every
+    marker) is better explained by the all-not-informative prior -> unassigned; a cell at
+    a population's targets is assigned to it; ``unknown=None`` assigns both."""
+    module, markers = trained.module, trained.markers
+    rho = torch.tensor(trained.table.rho.to_numpy(), dtype=torch.float32)
+    u = torch.stack([torch.zeros(len(markers)), torch.nan_to_num(rho[3], nan=0.0)])
+    with torch.no_grad():
+        x = module.flow.inverse(u, torch.zeros(2, 0)).numpy()
+    assert (module.log_background(u) > module.prior.log_prob(u).max(1).values)[0]
+    new = ad.AnnData(np.zeros((2, trained.adata.n_vars), np.float32), var=pd.DataFrame(index=trained.adata.var_names))
+    pos = [list(trained.adata.var_names).index(m) for m in markers]
+    new.X[:, pos] = x
+    pops = trained.predict(new, key_added=None)
+    assert pd.isna(pops.iloc[0]) and pops.iloc[1] == trained.populations[3]
+    assert trained.predict(new, key_added=None, unknown=None).notna().all()
+    with pytest.raises(ValueError, match="unknown"):
+        trained.predict(new, unknown="sometimes")
+
+
 def test_save_load_same_predictions(trained, tmp_path):
-    ref = trained.predict(alpha=None, key_added=None)
+    ref = trained.predict(unknown=None, key_added=None)
     ref_p = trained.predict_proba().to_numpy()
     trained.save(tmp_path / "m")
     with pytest.raises(FileExistsError):
@@ -471,7 +491,7 @@ def test_save_load_same_predictions(trained, tmp_path):
     assert loaded.is_trained
     pd.testing.assert_frame_equal(loaded.table.rho, trained.table.rho)
     assert loaded.populations == trained.populations and loaded.markers == trained.markers
-    pd.testing.assert_series_equal(loaded.predict(alpha=None, key_added=None), ref)
+    pd.testing.assert_series_equal(loaded.predict(unknown=None, key_added=None), ref)
     np.testing.assert_allclose(loaded.predict_proba().to_numpy(), ref_p, rtol=1e-5, atol=1e-6)
     pd.testing.assert_frame_equal(loaded.history["elbo_train"], trained.history["elbo_train"])
 
@@ -482,7 +502,7 @@ def test_seed_reproducible(trained, aml):
     same = Scyan(adata.copy(), table, seed=0, **SMALL).fit(**FIT)
     pd.testing.assert_frame_equal(same.history["elbo_train"], trained.history["elbo_train"])
     np.testing.assert_allclose(same.predict_proba().to_numpy(), ref, rtol=1e-6, atol=1e-7)
-    pd.testing.assert_series_equal(same.predict(alpha=None, key_added=None), trained.predict(alpha=None, key_added=None))
+    pd.testing.assert_series_equal(same.predict(unknown=None, key_added=None), trained.predict(unknown=None, key_added=None))
     other = Scyan(adata.copy(), table, seed=1, **SMALL).fit(**FIT)
     assert not np.allclose(other.history["elbo_train"].to_numpy(), trained.history["elbo_train"].to_numpy())
     assert np.abs(other.predict_proba().to_numpy() - ref).max() > 1e-3
@@ -503,14 +523,14 @@ def test_hierarchy_levels(aml):
     t["level 1"] = [LEVEL1[p] for p in t.index]
     model = Scyan(adata, t, seed=0, **SMALL).fit(**FIT)
     assert model.markers == list(table.columns)  # the level column is not a marker
-    for alpha in (None, 0.5):
-        pops = model.predict(alpha=alpha)
+    for unknown in (None, 0.5):
+        pops = model.predict(unknown=unknown)
         lvl = adata.obs["scyan_pop_level_1"]
         expected = pops.astype(object).map(LEVEL1)
         assert (lvl.isna() == pops.isna()).all()
         assert (lvl[pops.notna()].astype(str) == expected[pops.notna()].astype(str)).all()
         assert set(lvl.dropna().astype(str)) <= set(LEVEL1.values())
-    assert adata.obs["scyan_pop_level_1"].isna().any()  # alpha=0.5 left cells unassigned
+    assert adata.obs["scyan_pop_level_1"].isna().any()  # unknown=0.5 left cells unassigned
     assert model.table.levels["level 1"].to_dict() == LEVEL1
 
 
@@ -573,7 +593,7 @@ def test_propose_table_and_refine_fit(aml, tmp_path):
     model.save(tmp_path / "refined")
     loaded = Scyan.load(tmp_path / "refined", fresh_copy(model.adata))
     pd.testing.assert_frame_equal(loaded.table.rho, rho1)
-    pd.testing.assert_series_equal(loaded.predict(alpha=None, key_added=None), model.predict(alpha=None, key_added=None))
+    pd.testing.assert_series_equal(loaded.predict(unknown=None, key_added=None), model.predict(unknown=None, key_added=None))
 
 
 def test_new_raw_data_gets_training_preprocessing(aml, tmp_path):
@@ -586,24 +606,24 @@ def test_new_raw_data_gets_training_preprocessing(aml, tmp_path):
     cy.scale(train)
     assert "transform" in train.uns["scprob_cytometry"]
     model = Scyan(train, table, seed=0, **SMALL).fit(**FIT)
-    ref = model.predict(alpha=None, key_added=None)
+    ref = model.predict(unknown=None, key_added=None)
     ref_p = model.predict_proba().to_numpy()
 
     new_raw = fresh_copy(adata)
     new_raw.X = raw.copy()
-    pd.testing.assert_series_equal(model.predict(new_raw, alpha=None), ref, check_names=False)
+    pd.testing.assert_series_equal(model.predict(new_raw, unknown=None), ref, check_names=False)
     np.testing.assert_allclose(model.predict_proba(new_raw).to_numpy(), ref_p, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(new_raw.X, raw)  # the user's data are left as they were
 
     # the same through an FCS file, and after save/load (the record travels with the model)
     from_fcs = read_fcs(write_fcs(new_raw, tmp_path / "raw.fcs"))
-    pd.testing.assert_series_equal(model.predict(from_fcs, alpha=None, key_added=None), ref, check_names=False, check_index=False)
+    pd.testing.assert_series_equal(model.predict(from_fcs, unknown=None, key_added=None), ref, check_names=False, check_index=False)
     model.save(tmp_path / "m")
     target = fresh_copy(adata)
     target.X = train.X.copy()
     target.uns["scprob_cytometry"] = train.uns["scprob_cytometry"]
     loaded = Scyan.load(tmp_path / "m", target)
-    pd.testing.assert_series_equal(loaded.predict(fresh_copy(new_raw), alpha=None, key_added=None), ref, check_names=False)
+    pd.testing.assert_series_equal(loaded.predict(fresh_copy(new_raw), unknown=None, key_added=None), ref, check_names=False)
 
     # new data transformed with other parameters: predicted, with a warning
     other = fresh_copy(adata)
@@ -611,7 +631,7 @@ def test_new_raw_data_gets_training_preprocessing(aml, tmp_path):
     cy.asinh_transform(other, cofactor=150.0)
     cy.scale(other)
     with pytest.warns(UserWarning, match="transformed differently"):
-        model.predict(other, alpha=None, key_added=None)
+        model.predict(other, unknown=None, key_added=None)
 
 
 # --------------------------------------------------------------------------- bad input

@@ -276,13 +276,17 @@ class Scyan(BaseModel):
         adata=None,
         key_added: str | None = "scyan_pop",
         add_levels: bool = True,
-        alpha: float | None = 1e-4,
+        unknown: str | float | None = "ratio",
         batch_size: int = 65_536,
     ) -> pd.Series:
-        """Annotate cells: ``argmax_z log p(u | z) + log pi_z``.  A cell whose
-        in-population log-density falls below the ``alpha``-quantile of that
-        population's own prior (a tail test, see :mod:`scprob.modules.scyan`) is left
-        unassigned (NaN); ``alpha=None`` assigns every cell.
+        """Annotate cells: ``argmax_z log p(u | z) + log pi_z``.
+
+        ``unknown`` decides which cells stay unassigned (NaN), see
+        :mod:`scprob.modules.scyan`: ``"ratio"`` (default) when the "every marker not
+        informative" prior explains the cell better than its best population (a
+        likelihood ratio, no threshold); a float ``alpha`` when the cell's in-population
+        log-density is below that population's own ``alpha``-quantile (tail test);
+        ``None`` assigns every cell.
 
         Writes ``obs[key_added]`` (categorical), ``obs[f"{key_added}_{level}"]`` for each
         hierarchy level, and ``obs["scyan_log_prob"]`` (``max_z log p(u|z) + log pi_z``)
@@ -291,15 +295,21 @@ class Scyan(BaseModel):
         chunks of ``batch_size`` cells.
         """
         adata = self._validate_anndata(adata)
+        if not (unknown is None or unknown == "ratio" or (isinstance(unknown, float) and 0 < unknown < 1)):
+            raise ValueError(f"unknown must be 'ratio', a float alpha in (0, 1) or None, got {unknown!r}")
         log_pi = self.module.log_pi.cpu().numpy()
-        thr = self.unknown_thresholds(alpha) if alpha is not None else None
+        thr = self.unknown_thresholds(unknown) if isinstance(unknown, float) else None
         codes, scores = [], []
-        for lp, _ in self._log_probs(adata, batch_size):
+        for lp, u in self._log_probs(adata, batch_size):
+            best_bg = self.module.log_background(u).cpu().numpy() if unknown == "ratio" else None
             lp = lp.cpu().numpy()
             joint = lp + log_pi
             z = joint.argmax(1)
+            best = lp[np.arange(len(z)), z]
             if thr is not None:
-                z = np.where(lp[np.arange(len(z)), z] < thr[z], -1, z)
+                z = np.where(best < thr[z], -1, z)
+            elif best_bg is not None:
+                z = np.where(best < best_bg, -1, z)
             codes.append(z)
             scores.append(joint.max(1))
         z = np.concatenate(codes) if codes else np.zeros(0, int)
@@ -315,7 +325,7 @@ class Scyan(BaseModel):
                     adata.obs[f"{key_added}_{_slug(level)}"] = pd.Categorical(series.map(mapping).astype(object))
         n_unknown = int((z < 0).sum())
         if n_unknown:
-            log.info("%d of %d cells left unassigned (atypical for every population at alpha=%g)", n_unknown, len(z), alpha)
+            log.info("%d of %d cells left unassigned (unknown rule: %s)", n_unknown, len(z), unknown)
         return series
 
     @torch.inference_mode()
@@ -397,7 +407,7 @@ class Scyan(BaseModel):
         z; ``>= threshold`` proposes +1, ``<= -threshold`` proposes -1.  Returns one row
         per proposal (population, marker, proposed, median_u, n_cells)."""
         adata = self._validate_anndata(adata)
-        pops = self.predict(adata, key_added=None, alpha=None).cat.codes.to_numpy()
+        pops = self.predict(adata, key_added=None, unknown=None).cat.codes.to_numpy()
         u = self.get_latent_representation(adata)
         rho = self.table.rho.to_numpy()
         rows = []
