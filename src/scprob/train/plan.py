@@ -206,6 +206,11 @@ class FlowTrainingPlan(TrainingPlan):
     def _use_temperature(self) -> bool:
         return self.modulo_temp > 1 and self.current_epoch % self.modulo_temp > 0
 
+    def may_stop_after_epoch(self) -> bool:
+        """Early stopping waits for an epoch of the exact objective: the fitted model is
+        never the one a temperature-weighted epoch left."""
+        return not self._use_temperature()
+
     def training_step(self, batch, batch_idx):
         _, _, lo = self.module(
             batch, generative_kwargs={"prior_std": self._prior_std()},
