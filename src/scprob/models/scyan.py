@@ -182,11 +182,7 @@ class Scyan(BaseModel):
     def _make_store(self, adata) -> TensorStore:
         """Covariates from the model's registry; X = the table's markers (preprocessed
         like the training data when ``adata`` is new raw data)."""
-        reg = dict(self.registry, n_obs=int(adata.n_obs))
-        store = TensorStore.__new__(TensorStore)
-        store.n_obs, store.device, store.x, store.tensors = adata.n_obs, self._device, None, {}
-        for key, arr in obs_arrays(adata, reg).items():
-            store.add(key, arr) if arr.dtype.kind == "f" else store.tensors.__setitem__(key, torch.from_numpy(arr).to(self._device))
+        store = TensorStore(adata, dict(self.registry, n_obs=int(adata.n_obs)), self._device, load_x=False)
         X = self._X_train if adata is self.adata and self._X_train is not None else self._prepared_matrix(adata)
         store.add(Keys.X, X)
         return store
