@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +20,7 @@ import pandas as pd
 from scprob.data import DataError
 
 from .cytometry_input import match_markers, preprocess
-from .pipeline import prepare_out
+from .pipeline import prepare_out, staged_output
 
 log = logging.getLogger("scprob")
 
@@ -120,9 +117,7 @@ def run_annotate(
     for w in caught:  # e.g. "the data look untransformed": into the log, not a Python warning
         log.warning("%s", w.message)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_output(out) as tmp:
         log.info("[3/6] training Scyan (%d populations, %d markers)", len(kt.populations), len(kt.markers))
         t0 = time.time()
         kw = {} if max_epochs is None else {"max_epochs": max_epochs}
@@ -167,11 +162,6 @@ def run_annotate(
         _write_h5ad(adata, tmp / "annotated.h5ad")
         if input_kind in ("fcs", "csv"):
             _write_annotated(adata, raw, var0, obs_cols, input_kind, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("done: %s", out)
     return metrics
 

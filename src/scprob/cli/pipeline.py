@@ -6,12 +6,14 @@ the end, so a failed run never leaves a half-written result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,21 @@ def prepare_out(out: str | Path, overwrite: bool) -> Path:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"output folder {out} exists and is not empty; pass --overwrite to replace it.")
     return out
+
+
+@contextlib.contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out``, renamed into place when the block succeeds and
+    removed whatever happens: a failed run never leaves a half-written ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_pipeline(
@@ -62,9 +79,7 @@ def run_pipeline(
         kwargs["gene_likelihood"] = gene_likelihood
     model = cls(adata, **kwargs)  # raises on data the likelihood cannot model
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_output(out) as tmp:
         log.info("[2/5] training %s", cls.__name__)
         t0 = time.time()
         model.train(max_epochs=max_epochs, seed=seed)
@@ -110,10 +125,5 @@ def run_pipeline(
         figures = [("Training curves (train solid, validation dashed)", "figures/training_curves.png"),
                    (f"{method} of the latent space", "figures/embedding.png")]
         write_report(tmp / "report.html", title or f"scprob {cls.__name__} report", summary, metrics, figures)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("done: %s", out)
     return metrics

@@ -27,7 +27,7 @@ import torch
 from .._settings import settings
 from ..data import DataError, TensorStore
 from ..data.keys import Keys
-from ..data.registry import obs_arrays, setup_anndata
+from ..data.registry import setup_anndata
 from ..data.table import KnowledgeTable, read_table
 from ..data.validate import get_matrix, iter_row_chunks
 from ..modules.scyan import ScyanModule
