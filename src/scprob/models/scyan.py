@@ -26,6 +26,7 @@ import torch
 
 from .._settings import settings
 from ..data import DataError, TensorStore
+from ..data.cytometry import check_preprocessed
 from ..data.keys import Keys
 from ..data.registry import setup_anndata
 from ..data.table import KnowledgeTable, read_table
@@ -63,14 +64,6 @@ def marker_matrix(adata, markers: Sequence[str], layer: str | None = None) -> np
             )
         blocks.append(b)
     return np.concatenate(blocks) if blocks else np.zeros((0, len(markers)), np.float32)
-
-
-def _check_scale(X: np.ndarray, markers: Sequence[str]) -> list[str]:
-    try:
-        from ..data.cytometry import check_preprocessed
-    except ImportError:  # pragma: no cover - cytometry helpers are part of the package
-        return []
-    return check_preprocessed(X, list(markers))
 
 
 class Scyan(BaseModel):
@@ -131,7 +124,7 @@ class Scyan(BaseModel):
             continuous_covariate_keys=list(continuous_covariate_keys or []), model_name="Scyan", count_data=False,
         )
         super().__init__(adata)
-        for msg in _check_scale(X, self.markers):
+        for msg in check_preprocessed(X, list(self.markers)):
             warnings.warn(msg, UserWarning, stacklevel=2)
         batches = self.registry["batch_categories"]
         if batch_key is not None:
