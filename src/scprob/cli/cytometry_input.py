@@ -48,10 +48,7 @@ def read_input(path: str | Path):
         return read_csv(path), kind
     import anndata as ad
 
-    adata = ad.read_h5ad(path)
-    if adata.isbacked:  # pragma: no cover - read_h5ad without backed= loads to memory
-        adata = adata.to_memory()
-    return adata, kind
+    return ad.read_h5ad(path), kind
 
 
 def match_markers(adata, markers: list[str]) -> None:
