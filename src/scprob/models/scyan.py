@@ -206,7 +206,7 @@ class Scyan(BaseModel):
     def fit(
         self,
         max_epochs: int = 100,
-        batch_size: int = 4096,
+        batch_size: int | None = None,
         lr: float = 5e-4,
         patience: int = 4,
         min_delta_rel: float = 0.01,
@@ -222,7 +222,10 @@ class Scyan(BaseModel):
 
         An epoch visits ``samples_per_epoch`` cells (default: the data size, at least 64
         minibatches' worth and at most 200,000 cells), so the schedule is the same in
-        optimizer steps on 300 cells or 10 million.  Early stopping is relative: stop
+        optimizer steps on 300 cells or 10 million.  ``batch_size`` (default) is
+        ``n / 16`` cells, at least 512 (or all cells) and at most 4,096: an epoch is then
+        at most ~4 passes over small data, and a step costs no more than the data
+        needs.  Early stopping is relative: stop
         after ``patience`` epochs whose exact negative log-likelihood improves by less
         than ``min_delta_rel`` of the progress so far (see
         :class:`~scprob.train.RelativeEarlyStopping`), after at least ``min_epochs``.
@@ -230,7 +233,7 @@ class Scyan(BaseModel):
         ``warm_up``, ``weight_decay``, ...).
         """
         n = self.adata.n_obs
-        bs = int(min(batch_size, n))
+        bs = int(min(batch_size or min(4096, max(n // 16, 512)), n))
         if samples_per_epoch is None:
             samples_per_epoch = min(max(n, 64 * bs), 200_000)
         self._train_loader_kwargs = {"n_samples_per_epoch": samples_per_epoch}
