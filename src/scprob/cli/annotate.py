@@ -171,9 +171,9 @@ def _figures(tmp: Path, adata, model, X, pops, kt, batch_key, labels_key, seed) 
         embed_2d,
         plot_confusion,
         plot_embedding,
-        plot_loss_curve,
         plot_marker_heatmap,
         plot_population_sizes,
+        plot_training_curves,
     )
 
     figdir = tmp / "figures"
@@ -192,7 +192,7 @@ def _figures(tmp: Path, adata, model, X, pops, kt, batch_key, labels_key, seed) 
     if batch_key:
         colors[f"batch ({batch_key})"] = adata.obs[batch_key].to_numpy()[idx]
     plot_embedding(coords, colors, figdir / "embedding.png", method)
-    plot_loss_curve(model.history, figdir / "training_curve.png")
+    plot_training_curves(model.history, figdir / "training_curve.png", panels=[("elbo", "negative log-likelihood per cell")])
     shown = "" if len(idx) == adata.n_obs else f", {len(idx)} random cells"
     figs = [
         ("Median marker value (preprocessed) per predicted population", "figures/marker_heatmap.png"),

@@ -86,22 +86,6 @@ def plot_population_sizes(pops, path: str | Path, batches=None, order: Sequence[
     return Path(path)
 
 
-def plot_loss_curve(history: dict, path: str | Path, key: str = "elbo_train") -> Path:
-    """The training loss (negative log-likelihood per cell) per epoch."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.3))
-    df = history.get(key)
-    if df is not None and len(df):
-        ax.plot(df.index, df.iloc[:, 0], "-o", ms=3)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("negative log-likelihood per cell")
-    ax.set_title("training loss", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
-
-
 def plot_confusion(truth, pops, path: str | Path, order: Sequence[str] | None = None) -> Path:
     """Row-normalised confusion matrix: manual label (rows) vs predicted population."""
     plt = _plt()

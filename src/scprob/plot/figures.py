@@ -14,12 +14,16 @@ def _plt():
     return plt
 
 
-def plot_training_curves(history: dict, path: str | Path) -> Path:
-    """ELBO, reconstruction loss and local KL per epoch, train vs validation."""
+TRAINING_PANELS = [("elbo", "ELBO (negative, per cell)"), ("reconstruction_loss", "reconstruction loss"), ("kl_local", "local KL")]
+
+
+def plot_training_curves(history: dict, path: str | Path, panels: list[tuple[str, str]] | None = None) -> Path:
+    """One panel per ``(metric, title)`` (default: ELBO, reconstruction loss and local KL)
+    per epoch, train vs validation."""
     plt = _plt()
-    panels = [("elbo", "ELBO (negative, per cell)"), ("reconstruction_loss", "reconstruction loss"), ("kl_local", "local KL")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3))
-    for ax, (key, title) in zip(axes, panels):
+    panels = TRAINING_PANELS if panels is None else panels
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
         for split, style in (("train", "-"), ("validation", "--")):
             df = history.get(f"{key}_{split}")
             if df is not None and len(df):

@@ -59,10 +59,9 @@ class RelativeEarlyStopping(EarlyStopping):
         self.monitor, self.patience, self.min_delta_rel, self.min_epochs = monitor, patience, min_delta_rel, min_epochs
         self.first = self.best = None
         self.wait = 0
-        self._may_stop = True
         self.stopped_epoch: int | None = None
 
-    def _check(self, trainer) -> None:
+    def _check(self, trainer, may_stop: bool = True) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             return
@@ -75,15 +74,14 @@ class RelativeEarlyStopping(EarlyStopping):
         else:
             self.best = min(self.best, value)
             self.wait += 1
-        if self.wait >= self.patience and trainer.current_epoch + 1 >= self.min_epochs and self._may_stop:
+        if self.wait >= self.patience and trainer.current_epoch + 1 >= self.min_epochs and may_stop:
             self.stopped_epoch = trainer.current_epoch
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
             # a plan whose epochs alternate objectives (Scyan's temperature) says where it may stop
-            self._may_stop = bool(getattr(pl_module, "may_stop_after_epoch", lambda: True)())
-            self._check(trainer)
+            self._check(trainer, bool(getattr(pl_module, "may_stop_after_epoch", lambda: True)()))
 
     def on_validation_end(self, trainer, pl_module):
         pass
