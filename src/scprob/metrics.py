@@ -47,3 +47,36 @@ def integration_metrics(latent: np.ndarray, batches, labels=None) -> dict[str, f
         out["knn_label_transfer"] = knn_label_transfer(latent, labels, batches)
         out["kmeans_ari"] = kmeans_ari(latent, labels)
     return out
+
+
+# ---------------------------------------------------------------- multi-omics metrics
+def foscttm(x: np.ndarray, y: np.ndarray, chunk: int = 2048) -> float:
+    """Fraction Of Samples Closer Than the True Match (Liu et al., 2019), lower is better.
+
+    Row ``i`` of ``x`` and row ``i`` of ``y`` are the same cell measured in two
+    modalities.  For each cell, the fraction of the other modality's cells that are
+    closer (Euclidean) than its true match, averaged over cells and both directions.
+    Computed in row chunks (memory ``chunk x n``).
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"foscttm needs paired rows: shapes {x.shape} and {y.shape}")
+    n = x.shape[0]
+    true = np.sqrt(((x - y) ** 2).sum(1))
+    y2, x2 = (y**2).sum(1), (x**2).sum(1)
+    closer_x = np.empty(n)  # for x_i: how many y_j are closer than y_i
+    closer_y = np.zeros(n)  # for y_j: how many x_i are closer than x_j
+    for s in range(0, n, chunk):
+        d = np.sqrt(np.clip(x2[s : s + chunk, None] + y2[None, :] - 2 * x[s : s + chunk] @ y.T, 0, None))
+        rows = np.arange(s, min(s + chunk, n))
+        d[rows - s, rows] = np.inf  # the true match itself (rounding must not count it)
+        closer_x[s : s + chunk] = (d < true[s : s + chunk, None]).sum(1)
+        closer_y += (d < true[None, :]).sum(0)
+    return float((closer_x.mean() + closer_y.mean()) / 2 / n)
+
+
+def label_transfer(ref: np.ndarray, ref_labels, query: np.ndarray, query_labels, k: int = 5) -> float:
+    """Accuracy of a ``k``-nearest-neighbour classifier fitted on ``ref`` cells (e.g. RNA)
+    predicting the labels of ``query`` cells (e.g. ATAC) in a shared embedding."""
+    clf = KNeighborsClassifier(n_neighbors=min(k, len(ref))).fit(ref, np.asarray(ref_labels).astype(str))
+    return float((clf.predict(query) == np.asarray(query_labels).astype(str)).mean())

@@ -1,4 +1,5 @@
-"""Likelihoods (NB, ZINB, Poisson, Normal), latent distributions and the likelihood registry."""
+"""Likelihoods (NB, ZINB, Poisson, Normal, ZIN, ZILN, Bernoulli, Beta, NB mixture), latent
+distributions and the likelihood registry."""
 
 from ._count import (
     NegativeBinomial,
@@ -11,9 +12,15 @@ from ._count import (
     log_zinb_logits,
 )
 from ._latent import LATENT_DISTRIBUTIONS, LogisticNormal, latent_transform
+from ._more import BinarizedBernoulli, MeanBeta, NegativeBinomialMixture, ZeroInflatedLogNormal, ZeroInflatedNormal
 from .registry import available_likelihoods, get_likelihood, register_likelihood
 
 __all__ = [
+    "BinarizedBernoulli",
+    "MeanBeta",
+    "NegativeBinomialMixture",
+    "ZeroInflatedLogNormal",
+    "ZeroInflatedNormal",
     "LATENT_DISTRIBUTIONS",
     "LogisticNormal",
     "NegativeBinomial",

@@ -26,6 +26,28 @@ def default_max_epochs(n_cells: int) -> int:
     return int(max(1, min(round((20_000 / max(n_cells, 1)) * 400), 400)))
 
 
+def write_dir_atomic(dir_path: str | os.PathLike, write, overwrite: bool = False) -> None:
+    """Call ``write(tmp)`` on a temporary folder next to ``dir_path`` and rename it into
+    place at the end, so ``dir_path`` is never half-written."""
+    target = Path(dir_path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            trash = target.with_name(f".{target.name}.old")
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(target, trash)
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in ("scprob", "torch", "lightning", "anndata"):
@@ -239,12 +261,7 @@ class BaseModel:
         """Write weights, registry, constructor arguments, history and versions to
         ``dir_path/model.pt`` (and ``adata.h5ad`` if ``save_anndata``).  The folder is
         written under a temporary name and renamed at the end: never half-written."""
-        target = Path(dir_path)
-        if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        def write(tmp: Path) -> None:
             payload = dict(
                 model_class=type(self).__name__, state_dict={k: v.cpu() for k, v in self.module.state_dict().items()},
                 init_params=self.init_params, registry=self.registry, history=self.history_,
@@ -253,16 +270,8 @@ class BaseModel:
             torch.save(payload, tmp / _FILE)
             if save_anndata:
                 self.adata.write_h5ad(tmp / "adata.h5ad")
-            if target.exists():
-                trash = target.with_name(f".{target.name}.old")
-                shutil.rmtree(trash, ignore_errors=True)
-                os.replace(target, trash)
-                os.replace(tmp, target)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        write_dir_atomic(dir_path, write, overwrite)
 
     @classmethod
     def _setup_loaded(cls, adata, registry: dict) -> None:

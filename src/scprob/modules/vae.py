@@ -109,6 +109,14 @@ class VAE(BaseModule):
         _check("use_layer_norm", use_layer_norm, _NORM)
         _check("decoder_type", decoder_type, ("nonlinear", "linear"))
         self.likelihood = get_likelihood(gene_likelihood)
+        if not set(self.likelihood["params"]) <= {"log_mu", "theta", "zi_logits"}:
+            from ..distributions import available_likelihoods
+
+            fits = [n for n in available_likelihoods() if set(get_likelihood(n)["params"]) <= {"log_mu", "theta", "zi_logits"}]
+            raise ValueError(
+                f"gene_likelihood={gene_likelihood!r} needs decoder outputs {get_likelihood(gene_likelihood)['params']} "
+                f"that scVI's decoder does not make; scVI takes {fits}"
+            )
         if dispersion == "gene-batch" and n_batch < 1:
             raise ValueError("dispersion='gene-batch' needs n_batch >= 1")
         if dispersion == "gene-label" and n_labels < 1:

@@ -1,0 +1,355 @@
+"""GLUE: unpaired multi-omics integration through a guidance graph (the model users touch).
+
+    GLUE.configure_dataset(rna, "NB", use_layer="counts", use_batch="batch")
+    GLUE.configure_dataset(atac, "NB")
+    glue = GLUE({"rna": rna, "atac": atac}, graph)      # networkx graph or edge table
+    glue.train()                                         # pretrain -> balance -> fine-tune
+    rna.obsm["X_glue"] = glue.encode_data("rna", rna)
+    feature_embeddings = glue.encode_graph()              # vertices x latent_dim
+
+The math is in :mod:`scprob.modules.glue`.  Training runs in two stages on scprob's
+trainer: *pretrain* (adversarial alignment after a burn-in), then per-cell balancing
+weights from the similarity of each modality's clusters to the other modalities'
+(:func:`balancing_weights`), then *fine-tune* with those weights.  Each stage stops by a
+relative criterion on the validation loss (no fixed epoch count: the same rule for a
+loss in any unit and data of any size), within an epoch budget that shrinks as data grow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._settings import settings
+from ..data.graph_sampler import EdgeSampler
+from ..data.guidance import as_edge_table
+from ..data.multimodal import (
+    DSC_WEIGHT,
+    ModalityStore,
+    MultiModalLoader,
+    configure_dataset,
+    get_glue_registry,
+)
+from ..data.validate import DataError
+from ..modules.glue import GLUEModule
+from ..train import AdversarialTrainingPlan, RelativeEarlyStopping, run_training
+from .base import _versions, write_dir_atomic
+
+log = logging.getLogger("scprob")
+_FILE = "model.pt"
+
+
+def default_max_epochs(n_cells: int, batch_size: int = 128) -> int:
+    """Epoch budget of one stage: ~4,000 optimizer steps, within [40, 400] epochs
+    (an epoch visits every cell of the largest modality once)."""
+    steps = max(1, -(-n_cells // batch_size))
+    return int(np.clip(round(4000 / steps), 40, 400))
+
+
+def balancing_weights(embeddings: Mapping[str, np.ndarray], cutoff: float = 0.5, power: float = 4.0,
+                      seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-cell weights of the discriminator loss (mean 1 within each modality).
+
+    Each modality's cells are clustered (k-means, ``k = clip(sqrt(n)/2, 2, 50)``).  For a
+    cluster ``c`` with centroid ``m_c``, its counterpart score is
+    ``s_c = sum over other modalities' clusters c' of max(cos(m_c, m_c') - 0, 0)^power``
+    counting only ``cos >= cutoff``; each cell of ``c`` gets ``s_c / |c|``.  Clusters
+    with no counterpart (cell types one modality lacks) are then not pushed onto the
+    others, and large clusters do not dominate the alignment.
+    """
+    from sklearn.cluster import KMeans
+
+    clusters, centroids = {}, {}
+    for k, x in embeddings.items():
+        n_clusters = int(np.clip(round(np.sqrt(len(x)) / 2), 2, 50))
+        km = KMeans(n_clusters=min(n_clusters, len(x)), n_init=3, random_state=seed).fit(x)
+        clusters[k] = km.labels_
+        c = km.cluster_centers_
+        centroids[k] = c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12)
+    out = {}
+    for k in embeddings:
+        score = np.zeros(len(centroids[k]))
+        for m in embeddings:
+            if m != k:
+                cos = centroids[k] @ centroids[m].T
+                score += np.where(cos >= cutoff, np.clip(cos, 0, None) ** power, 0.0).sum(axis=1)
+        if score.sum() <= 0:
+            out[k] = np.ones(len(clusters[k]))
+            continue
+        sizes = np.bincount(clusters[k], minlength=len(score))
+        w = score[clusters[k]] / sizes[clusters[k]]
+        out[k] = w / w.mean()
+    return out
+
+
+class GLUE:
+    """Graph-linked unified embedding of several modalities.
+
+    Parameters
+    ----------
+    adatas
+        Modality key -> AnnData, each set up with :meth:`configure_dataset`.
+    graph
+        Guidance graph over the features: a networkx graph (edge attributes ``weight``
+        in (0, 1] and ``sign`` ±1; defaults 1) or an edge table with columns ``source,
+        target[, weight, sign]``.  Its vertices must cover every feature used.  Self-loops
+        are added where missing; features of two modalities with the same name are the
+        same vertex (one embedding).
+    latent_dim, h_depth, h_dim, dropout
+        Embedding width and the encoders' / discriminator's MLPs.
+    """
+
+    def __init__(self, adatas: Mapping[str, object], graph, latent_dim: int = 50, h_depth: int = 2, h_dim: int = 256,
+                 dropout: float = 0.2, random_state: int | None = None):
+        if len(adatas) < 1:
+            raise ValueError("GLUE needs at least one modality")
+        self.adatas = dict(adatas)
+        self.registries = {k: get_glue_registry(a, k) for k, a in self.adatas.items()}
+        self.init_params = dict(latent_dim=latent_dim, h_depth=h_depth, h_dim=h_dim, dropout=dropout)
+        self.edges, self.vertices = _graph_for(self.registries, graph)
+        self._build(random_state)
+        self.history_: dict[str, pd.DataFrame] = {}
+        self.is_trained_ = False
+        self.train_indices_: dict[str, np.ndarray] = {}
+        self.balancing_weights_: dict[str, np.ndarray] = {}
+
+    def _build(self, random_state: int | None) -> None:
+        torch.manual_seed(settings.seed if random_state is None else random_state)
+        vid = {v: i for i, v in enumerate(self.vertices)}
+        self.batch_union = sorted({b for r in self.registries.values() for b in r["batch_categories"]})
+        self.cell_types = sorted({c for r in self.registries.values() for c in r["cell_types"]})
+        mods = {
+            k: dict(prob_model=r["prob_model"], n_features=len(r["features"]), vertices=[vid[f] for f in r["features"]],
+                    n_batches=len(r["batch_categories"]), rep_dim=r["rep_dim"])
+            for k, r in self.registries.items()
+        }
+        e = self.edges
+        self.module = GLUEModule(
+            mods, len(self.vertices),
+            torch.as_tensor(np.stack([e["source"].map(vid).to_numpy(), e["target"].map(vid).to_numpy()]), dtype=torch.long),
+            torch.as_tensor(e["weight"].to_numpy(), dtype=torch.float32), torch.as_tensor(e["sign"].to_numpy(), dtype=torch.float32),
+            n_labels=len(self.cell_types), n_dsc_batches=len(self.batch_union) if len(self.batch_union) > 1 else 0,
+            **self.init_params,
+        )
+        self.module.eval()
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def configure_dataset(adata, prob_model: str, use_highly_variable: bool = True, use_layer: str | None = None,
+                          use_rep: str | None = None, use_batch: str | None = None, use_cell_type: str | None = None,
+                          use_obs_names: bool = False) -> None:
+        """Register how GLUE reads one modality (scglue's arguments).
+
+        ``prob_model``: a registered prob model (``NB``, ``ZINB``, ``Normal``, ``ZIN``,
+        ``ZILN``, ``Bernoulli``, ``Beta``, ``NBMixture``, ``Poisson``, or your own: see
+        :func:`scprob.register_prob_model`).  Features: ``var["highly_variable"]`` when
+        ``use_highly_variable`` and the column exists, else all.  ``use_layer``: where the
+        data are (default X).  ``use_rep``: an ``obsm`` key the encoder reads instead of
+        the data (e.g. PCA / LSI); the decoder still models the data.  ``use_batch``: obs
+        column of batches (batch-specific decoder parameters).  ``use_cell_type``: obs
+        column of cell types for optional supervision (NaN = unlabelled).
+        ``use_obs_names``: cells with the same obs name in two modalities are the same
+        cell (used for FOSCTTM in reports).
+        """
+        configure_dataset(adata, prob_model, use_highly_variable, use_layer, use_rep, use_batch, use_cell_type, use_obs_names)
+
+    # --------------------------------------------------------------- training
+    def _stores(self, adatas: Mapping[str, object], device) -> dict[str, ModalityStore]:
+        return {k: ModalityStore(a, self.registries[k], self.batch_union, self.cell_types, device) for k, a in adatas.items()}
+
+    def train(self, max_epochs: int | None = None, batch_size: int = 128, train_size: float = 0.9, lr: float = 2e-3,
+              lam_data: float = 1.0, lam_kl: float = 1.0, lam_graph: float = 0.02, lam_align: float = 0.05,
+              lam_sup: float = 0.02, modality_weight: Mapping[str, float] | None = None, neg_samples: int = 1,
+              align_burnin: int | None = None, balance: bool = True, early_stopping: bool = True,
+              patience: int | None = None, seed: int | None = None, accelerator: str = "auto", devices: int | str = 1,
+              enable_progress_bar: bool = True, **trainer_kwargs) -> None:
+        """Pretrain, balance, fine-tune.
+
+        ``max_epochs`` caps each stage (default :func:`default_max_epochs`); early
+        stopping ends a stage when the validation loss has not improved by 1% of the
+        progress made so far for ``patience`` epochs (default: a tenth of the budget, at
+        least 8).  ``align_burnin``: epochs before the adversarial term acts (default a
+        tenth of the budget).  ``lam_*`` weigh the terms of the objective (see
+        :mod:`scprob.modules.glue`); ``modality_weight`` the modalities' data terms.
+        """
+        import lightning.pytorch as pl
+
+        settings.apply_threads()
+        seed = settings.seed if seed is None else int(seed)
+        pl.seed_everything(seed, verbose=False)
+        device = "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+        self.module.to(device)
+        stores = self._stores(self.adatas, device)
+        rng = np.random.default_rng(seed)
+        train_idx, val_idx = {}, {}
+        for k, a in self.adatas.items():
+            perm = rng.permutation(a.n_obs)
+            n_train = int(np.ceil(train_size * a.n_obs)) if train_size < 1 else a.n_obs
+            train_idx[k], val_idx[k] = np.sort(perm[:n_train]), np.sort(perm[n_train:])
+        self.train_indices_, self.validation_indices_ = train_idx, val_idx
+        e = self.module.g2v
+        sampler = EdgeSampler(e.eidx.cpu(), torch.as_tensor(self.edges["weight"].to_numpy(), dtype=torch.float32),
+                              torch.as_tensor(self.edges["sign"].to_numpy(), dtype=torch.float32), len(self.vertices),
+                              neg_samples=neg_samples)
+        train_loader = MultiModalLoader(stores, train_idx, batch_size, shuffle=True, seed=seed, sampler=sampler)
+        has_val = all(len(v) > 0 for v in val_idx.values())
+        val_loader = MultiModalLoader(stores, val_idx, batch_size, shuffle=False, seed=seed + 1, sampler=sampler,
+                                      drop_last_below=1) if has_val else None
+        n_max = max(len(v) for v in train_idx.values())
+        budget = default_max_epochs(n_max, batch_size) if max_epochs is None else int(max_epochs)
+        patience = max(8, budget // 10) if patience is None else int(patience)
+        burnin = max(1, budget // 10) if align_burnin is None else int(align_burnin)
+        loss_kwargs = dict(lam_data=lam_data, lam_kl=lam_kl, lam_graph=lam_graph, lam_sup=lam_sup,
+                           modality_weight=dict(modality_weight or {}))
+        history: dict[str, list] = {}
+        offset = 0
+        stages = [("pretrain", burnin), ("fine-tune", 0)] if balance and len(self.adatas) > 1 else [("train", burnin)]
+        self.module.train()
+        for stage, stage_burnin in stages:
+            if stage == "fine-tune":
+                emb = {k: self._encode_key(stores[k], k) for k in stores}
+                self.balancing_weights_ = balancing_weights(emb, seed=seed)
+                for k, w in self.balancing_weights_.items():
+                    stores[k].tensors[DSC_WEIGHT] = torch.as_tensor(w, dtype=torch.float32, device=device)
+                self.module.train()
+            plan = AdversarialTrainingPlan(self.module, lr=lr, lam_align=lam_align, align_burnin=stage_burnin,
+                                           epoch_offset=offset, loss_kwargs=loss_kwargs)
+            callbacks = list(trainer_kwargs.pop("callbacks", []))
+            if early_stopping and has_val:
+                callbacks.append(RelativeEarlyStopping("validation_loss", patience=patience, min_delta_rel=0.01,
+                                                       min_epochs=stage_burnin + patience))
+            if enable_progress_bar:
+                log.info("GLUE %s: up to %d epochs", stage, budget)
+            trainer = run_training(plan, train_loader, val_loader, max_epochs=budget, accelerator=accelerator,
+                                   devices=devices, enable_progress_bar=enable_progress_bar, callbacks=callbacks,
+                                   **trainer_kwargs)
+            for key, rows in plan.history.items():
+                history.setdefault(key, []).extend(rows)
+            history.setdefault("stage", []).extend((offset + i, stage) for i in range(trainer.current_epoch))
+            offset += trainer.current_epoch
+        self.history_ = {k: pd.DataFrame(v, columns=["epoch", k]).set_index("epoch") for k, v in history.items()}
+        self.module.eval()
+        self.is_trained_ = True
+
+    # -------------------------------------------------------------- inference
+    @property
+    def history(self) -> dict[str, pd.DataFrame]:
+        return self.history_
+
+    def encode_data(self, key: str, adata=None, batch_size: int = 1024) -> np.ndarray:
+        """Cell embeddings (posterior means of ``u``) of modality ``key``'s cells, also
+        written to ``adata.obsm["X_glue"]``.  ``adata`` (default: the training one) must
+        hold the modality's features (any order; matched by name)."""
+        if key not in self.registries:
+            raise KeyError(f"unknown modality {key!r}; the model has {list(self.registries)}")
+        adata = self.adatas[key] if adata is None else adata
+        settings.apply_threads()
+        device = next(self.module.parameters()).device
+        store = ModalityStore(adata, self.registries[key], self.batch_union, self.cell_types, device)
+        z = self._encode_key(store, key, batch_size)
+        adata.obsm["X_glue"] = z
+        return z
+
+    @torch.inference_mode()
+    def _encode_key(self, store: ModalityStore, key: str, batch_size: int = 1024) -> np.ndarray:
+        self.module.eval()
+        out = []
+        for s in range(0, store.n_obs, batch_size):
+            t = store[torch.arange(s, min(s + batch_size, store.n_obs))]
+            qu, _ = self.module.encoders[key](t["X"], t.get("xrep"))
+            out.append(qu.loc.cpu())
+        return torch.cat(out).numpy()
+
+    @torch.inference_mode()
+    def encode_graph(self) -> np.ndarray:
+        """Feature embeddings: posterior means of ``v`` (rows in :attr:`vertices` order)."""
+        self.module.eval()
+        return self.module.g2v().loc.cpu().numpy()
+
+    def feature_embeddings(self) -> pd.DataFrame:
+        """:meth:`encode_graph` as a DataFrame indexed by vertex (feature) name."""
+        v = self.encode_graph()
+        return pd.DataFrame(v, index=pd.Index(self.vertices, name="feature"), columns=[f"dim{i}" for i in range(v.shape[1])])
+
+    # ------------------------------------------------------------ save / load
+    def save(self, dir_path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Weights, per-modality registries, graph and history in ``dir_path/model.pt``:
+        plain tensors, strings and numbers only (loaded with ``weights_only=True``; no
+        pickled code).  Written to a temporary folder and renamed: never half-written."""
+        def write(tmp: Path) -> None:
+            payload = dict(
+                model_class="GLUE", versions=_versions(), init_params=self.init_params, registries=self.registries,
+                edges={c: self.edges[c].tolist() for c in ("source", "target", "weight", "sign")},
+                vertices=list(self.vertices), state_dict={k: v.cpu() for k, v in self.module.state_dict().items()},
+                history={k: [list(map(_plain, r)) for r in df.reset_index().itertuples(index=False)] for k, df in self.history_.items()},
+                is_trained=self.is_trained_,
+            )
+            torch.save(payload, tmp / _FILE)
+
+        write_dir_atomic(dir_path, write, overwrite)
+
+    @classmethod
+    def load(cls, dir_path: str | os.PathLike, adatas: Mapping[str, object]) -> GLUE:
+        """Rebuild a saved model on ``adatas`` (modality key -> AnnData holding its
+        features); modalities not yet configured get the saved registry."""
+        path = Path(dir_path) / _FILE
+        if not path.exists():
+            raise FileNotFoundError(f"No saved model at {path}")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("model_class") != "GLUE":
+            raise DataError(f"{path} holds a {payload.get('model_class')} model, not GLUE.")
+        missing = set(payload["registries"]) - set(adatas)
+        if missing:
+            raise DataError(f"the model has modalities {sorted(payload['registries'])}; missing {sorted(missing)}")
+        import json
+
+        from ..data.multimodal import UNS_KEY
+
+        for k, a in adatas.items():
+            a.uns[UNS_KEY] = json.dumps(payload["registries"][k])
+        model = cls(adatas, pd.DataFrame(payload["edges"]), **payload["init_params"])
+        if model.vertices != payload["vertices"]:
+            raise DataError(f"{path}: the saved graph's vertices do not rebuild in the same order")
+        model.module.load_state_dict(payload["state_dict"])
+        model.history_ = {k: pd.DataFrame(rows, columns=["epoch", k]).set_index("epoch") for k, rows in payload["history"].items()}
+        model.is_trained_ = payload["is_trained"]
+        model.module.eval()
+        return model
+
+    def __repr__(self) -> str:
+        mods = ", ".join(f"{k}: {len(r['features'])} features ({r['prob_model']})" for k, r in self.registries.items())
+        return f"GLUE({mods}; {len(self.vertices)} vertices, {len(self.edges)} edges, trained={self.is_trained_})"
+
+
+def _plain(x):
+    return x.item() if hasattr(x, "item") else x
+
+
+def _graph_for(registries: dict[str, dict], graph) -> tuple[pd.DataFrame, list[str]]:
+    """The edge table restricted to the used features (+ self-loops), and the vertex
+    order: every modality's features in order (shared names once)."""
+    edges = as_edge_table(graph)
+    nodes = set(edges["source"]).union(edges["target"])
+    for k, r in registries.items():
+        missing = [f for f in r["features"] if f not in nodes]
+        if len(missing) == len(r["features"]):
+            raise DataError(f"modality {k!r}: none of its {len(r['features'])} features is a vertex of the graph "
+                            f"(features e.g. {r['features'][:3]}; graph vertices e.g. {sorted(nodes)[:3]}).")
+        if missing:
+            raise DataError(f"the graph lacks {len(missing)} of modality {k!r}'s {len(r['features'])} features "
+                            f"(e.g. {missing[:5]}); every feature used must be a vertex.")
+    vertices = list(dict.fromkeys(f for r in registries.values() for f in r["features"]))
+    keep = set(vertices)
+    edges = edges[edges["source"].isin(keep) & edges["target"].isin(keep)]
+    edges = edges.groupby(["source", "target"], as_index=False, sort=False).agg(weight=("weight", "max"), sign=("sign", "first"))
+    has_loop = set(edges.loc[edges["source"] == edges["target"], "source"])
+    loops = [v for v in vertices if v not in has_loop]
+    if loops:
+        edges = pd.concat([edges, pd.DataFrame(dict(source=loops, target=loops, weight=1.0, sign=1))], ignore_index=True)
+    return edges.reset_index(drop=True), vertices

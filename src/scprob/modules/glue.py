@@ -1,0 +1,238 @@
+r"""GLUE: unpaired multi-omics integration through a guidance graph.
+
+Names as in the GLUE paper (Cao & Gao, 2022): modalities ``k`` with data ``x_k`` (cells x
+features ``V_k``), cell embeddings ``u``, feature embeddings ``v`` (one per vertex of the
+guidance graph ``G``, whose vertices include every feature of every modality).
+
+Generative story
+----------------
+* ``p(u) = N(0, I)`` for every cell, ``p(v) = N(0, I)`` for every vertex.
+* Graph: each edge ``i -> j`` with sign ``s_ij`` is observed with probability
+  ``sigmoid(s_ij <v_i, v_j>)`` (:class:`~scprob.nn.graph.GraphDecoder`).
+* Data: ``x_k | u, v ~ p_k(x | u, v_{V_k}, b, l)``, the modality's prob model (NB, ZINB,
+  Normal, ZIN, ZILN, Bernoulli, Beta, NB mixture, ...: :mod:`scprob.nn.prob_models`),
+  whose parameters come from ``u v^T`` with batch-specific scale and bias rows.
+
+Inference
+---------
+* ``q(u | x_k)``: the modality's data encoder (one MLP per modality).
+* ``q(v | G)``: the graph encoder (learned vertex representations propagated over the
+  signed, degree-normalized graph; :class:`~scprob.nn.graph.GraphEncoder`).
+
+Objective
+---------
+Per modality, the negative ELBO per data entry (so that modalities with 500 or 50,000
+features weigh alike)::
+
+    x_elbo_k = - mean_{cells, features} log p_k(x | u, v)
+               + lam_kl * mean_cells KL(q(u|x) || p(u)) / |V_k|
+
+and for the graph, per edge, with positives ``E+`` (drawn by weight) and negatives
+``E-`` (same source, degree-weighted targets that are not edges)::
+
+    g_elbo = (mean_{E+} -log sigmoid(s <v_i,v_j>) + mean_{E-} -log sigmoid(-s <v_i,v_j>)) / 2
+             + lam_kl * mean_vertices KL(q(v|G) || p(v)) / |V|
+
+(``v`` is global: its KL is spread over the vertices, each of which is scored through
+many cells and edges, so that it regularizes without washing the embeddings out),
+
+    vae_loss = lam_data * sum_k w_k x_elbo_k + lam_graph * K * g_elbo + lam_sup * sup_loss
+
+where ``w_k`` are modality weights (normalized to sum 1), ``K`` the number of modalities
+and ``sup_loss`` the cross-entropy of a linear cell-type classifier on ``u`` over the
+labelled cells (optional supervision).  A discriminator ``D(u, b)`` predicts each cell's
+modality from its embedding (and its batch); with per-cell balancing weights ``c``::
+
+    dsc_loss = sum_cells c * CE(D(u, b), k) / n_cells
+
+The discriminator minimizes ``lam_align * dsc_loss``; the encoders and decoders minimize
+``vae_loss - lam_align * dsc_loss`` (adversarial alignment; two optimizers, see
+:class:`~scprob.train.AdversarialTrainingPlan`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from ..data.keys import Keys
+from ..nn.graph import GraphDecoder, GraphEncoder
+from ..nn.prob_models import get_prob_model
+from .base import BaseModule, LossOutput
+
+GRAPH = "_graph"  # key of the edge minibatch in a multi-modality batch
+XREP = "xrep"  # a modality's precomputed representation (use_rep)
+DSC_WEIGHT = "dsc_weight"  # per-cell balancing weight of the discriminator loss
+
+
+class Discriminator(nn.Module):
+    """MLP predicting the modality of a cell embedding, given the one-hot batch."""
+
+    def __init__(self, in_features: int, n_modalities: int, n_batches: int = 0, h_depth: int = 2, h_dim: int = 256,
+                 dropout: float = 0.2):
+        super().__init__()
+        self.n_batches = n_batches
+        layers: list[nn.Module] = []
+        d = in_features + n_batches
+        for _ in range(h_depth):
+            layers += [nn.Linear(d, h_dim), nn.LeakyReLU(0.2), nn.Dropout(dropout)]
+            d = h_dim
+        layers.append(nn.Linear(d, n_modalities))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, u: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        if self.n_batches:
+            u = torch.cat([u, F.one_hot(b, self.n_batches).to(u.dtype)], dim=1)
+        return self.net(u)
+
+
+class GLUEModule(BaseModule):
+    """The GLUE module.
+
+    Parameters
+    ----------
+    modalities
+        Per modality key: ``prob_model`` (registered name), ``n_features``,
+        ``vertices`` (the graph vertex index of each feature, in order), ``n_batches``,
+        ``rep_dim`` (width of ``use_rep``, or ``None`` to read the data).
+    n_vertices, eidx, ewt, esgn
+        The guidance graph (edge list 2 x E, weights, signs).
+    n_labels
+        Cell-type categories shared by the modalities (0: no supervision).
+    batch_categories
+        Size of the union of batch categories across modalities (discriminator input);
+        each modality's batch codes index into its own decoder rows.
+    """
+
+    def __init__(self, modalities: dict[str, dict], n_vertices: int, eidx: torch.Tensor, ewt: torch.Tensor,
+                 esgn: torch.Tensor, latent_dim: int = 50, h_depth: int = 2, h_dim: int = 256, dropout: float = 0.2,
+                 n_labels: int = 0, n_dsc_batches: int = 0):
+        super().__init__()
+        self.keys = list(modalities)
+        self.latent_dim = latent_dim
+        self.n_edges = int(eidx.shape[1])
+        self.n_vertices = int(n_vertices)
+        self.encoders = nn.ModuleDict()
+        self.decoders = nn.ModuleDict()
+        self.n_features: dict[str, int] = {}
+        self._vslice: dict[str, slice | None] = {}
+        for k, m in modalities.items():
+            spec = get_prob_model(m["prob_model"])
+            in_features = m["rep_dim"] or m["n_features"]
+            self.encoders[k] = spec["encoder"](in_features, latent_dim, h_depth=h_depth, h_dim=h_dim, dropout=dropout)
+            self.decoders[k] = spec["decoder"](m["n_features"], n_batches=max(1, m["n_batches"]))
+            self.register_buffer(f"vidx_{k}", torch.as_tensor(m["vertices"], dtype=torch.long))
+            vs = list(m["vertices"])
+            # a contiguous block of vertices is sliced (no gather, no scatter in backward)
+            self._vslice[k] = slice(vs[0], vs[0] + len(vs)) if vs == list(range(vs[0], vs[0] + len(vs))) else None
+            self.n_features[k] = int(m["n_features"])
+        self.g2v = GraphEncoder(n_vertices, latent_dim, eidx, ewt, esgn)
+        self.v2g = GraphDecoder()
+        self.discriminator = Discriminator(latent_dim, len(self.keys), n_dsc_batches, h_depth, h_dim, dropout)
+        self.classifier = nn.Linear(latent_dim, n_labels) if n_labels > 1 else None
+
+    def vertices(self, key: str) -> torch.Tensor:
+        return getattr(self, f"vidx_{key}")
+
+    def feature_embeddings(self, v: torch.Tensor, key: str) -> torch.Tensor:
+        sl = self._vslice[key]
+        return v[sl] if sl is not None else v.index_select(0, self.vertices(key))
+
+    def vae_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("discriminator.")]
+
+    # ---------------------------------------------------------------- module API
+    def _get_inference_input(self, tensors, **kwargs):
+        return dict(x={k: tensors[k][Keys.X] for k in self.keys if k in tensors},
+                    xrep={k: tensors[k].get(XREP) for k in self.keys if k in tensors})
+
+    def inference(self, x: dict, xrep: dict, n_samples: int = 1) -> dict:
+        qu, lib, u = {}, {}, {}
+        for k, xk in x.items():
+            qu[k], lib[k] = self.encoders[k](xk, xrep.get(k))
+            u[k] = qu[k].rsample()
+        return dict(qu=qu, u=u, l=lib)
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs):
+        return dict(u=inference_outputs["u"], l=inference_outputs["l"],
+                    b={k: tensors[k][Keys.BATCH].reshape(-1) for k in inference_outputs["u"]},
+                    graph=tensors.get(GRAPH))
+
+    def generative(self, u: dict, l: dict, b: dict, graph: dict | None = None) -> dict:
+        qv = self.g2v()
+        v = qv.rsample()
+        px = {k: self.decoders[k](u[k], self.feature_embeddings(v, k), b[k], l[k]) for k in u}
+        pg = self.v2g(v, graph["eidx"], graph["esgn"]) if graph is not None else None
+        return dict(qv=qv, v=v, px=px, pg=pg)
+
+    def loss(self, tensors, inference_outputs, generative_outputs, lam_data: float = 1.0, lam_kl: float = 1.0,
+             lam_graph: float = 0.02, lam_sup: float = 0.02, modality_weight: dict | None = None) -> LossOutput:
+        qu, px = inference_outputs["qu"], generative_outputs["px"]
+        prior = Normal(0.0, 1.0)
+        weights = {k: float((modality_weight or {}).get(k, 1.0)) for k in qu}
+        total_w = sum(weights.values())
+        rec, kl, x_elbo, metrics = {}, {}, 0.0, {}
+        for k in qu:
+            x = tensors[k][Keys.X]
+            dist = px[k]
+            # sparse-aware row sums where the family has them (lgamma only on non-zeros)
+            nll = -(dist.log_prob_rowsum(x) if hasattr(dist, "log_prob_rowsum") else dist.log_prob(x).sum(1))
+            klu = kl_divergence(qu[k], prior).sum(1)
+            rec[k], kl[k] = nll, klu
+            elbo_k = nll.mean() / self.n_features[k] + lam_kl * klu.mean() / self.n_features[k]
+            x_elbo = x_elbo + weights[k] / total_w * elbo_k
+            metrics[f"x_{k}_nll"] = nll.detach().sum() / self.n_features[k]
+            metrics[f"x_{k}_kl"] = klu.detach().sum() / self.n_features[k]
+        n_cells = sum(int(q.loc.shape[0]) for q in qu.values())
+        loss = lam_data * x_elbo
+        pg = generative_outputs["pg"]
+        if pg is not None:
+            target = tensors[GRAPH]["target"]
+            bce = -pg.log_prob(target)
+            pos = target > 0.5
+            g_nll = (bce[pos].mean() + (bce[~pos].mean() if (~pos).any() else 0.0)) / (1 + int((~pos).any()))
+            g_kl = kl_divergence(generative_outputs["qv"], prior).sum(1).mean() / self.n_vertices
+            g_elbo = g_nll + lam_kl * g_kl
+            loss = loss + lam_graph * len(qu) * g_elbo
+            metrics["g_nll"] = g_nll.detach() * n_cells  # plan divides epoch sums by cells
+        if self.classifier is not None and lam_sup > 0:
+            sup = self._supervision(tensors, inference_outputs)
+            if sup is not None:
+                loss = loss + lam_sup * sup
+                metrics["sup_loss"] = sup.detach() * n_cells
+        return LossOutput(loss=loss, reconstruction_loss=rec, kl_local=kl, extra_metrics=metrics, n_obs_minibatch=n_cells)
+
+    def _supervision(self, tensors, inference_outputs) -> torch.Tensor | None:
+        logits, labels = [], []
+        for k, uk in inference_outputs["u"].items():
+            lab = tensors[k].get(Keys.LABELS)
+            if lab is None:
+                continue
+            lab = lab.reshape(-1)
+            keep = lab >= 0
+            logits.append(self.classifier(uk[keep]))
+            labels.append(lab[keep])
+        if not labels or sum(int(t.numel()) for t in labels) == 0:
+            return None
+        return F.cross_entropy(torch.cat(logits), torch.cat(labels))
+
+    def discriminator_loss(self, tensors, inference_outputs, detach: bool = False, noise: float = 0.0) -> torch.Tensor:
+        """Balancing-weighted cross-entropy of the modality discriminator on the posterior
+        means; ``noise`` > 0 adds Gaussian noise of that many per-dimension standard
+        deviations to its input (a blurred view while the embeddings burn in)."""
+        us, bs, ks, ws = [], [], [], []
+        for k, qk in inference_outputs["qu"].items():
+            i = self.keys.index(k)
+            uk = qk.loc
+            us.append(uk.detach() if detach else uk)
+            bs.append(tensors[k]["dsc_batch"].reshape(-1))
+            ks.append(torch.full((uk.shape[0],), i, dtype=torch.long, device=uk.device))
+            ws.append(tensors[k][DSC_WEIGHT].reshape(-1))
+        u = torch.cat(us)
+        if noise > 0:
+            u = u + noise * u.detach().std(dim=0) * torch.randn_like(u)
+        ce = F.cross_entropy(self.discriminator(u, torch.cat(bs)), torch.cat(ks), reduction="none")
+        w = torch.cat(ws)
+        return (ce * w).sum() / w.numel()

@@ -1,0 +1,74 @@
+"""Adversarial training plan (GLUE): two optimizers under Lightning manual optimization.
+
+Per step, on one minibatch of every modality and one edge minibatch:
+
+1. discriminator:  minimize ``lam_align * dsc_loss(u.detach())``  (its own Adam);
+2. everything else: minimize ``vae_loss - lam_align * dsc_loss(u)``.
+
+During the first ``align_burnin`` epochs the discriminator sees its input blurred by
+Gaussian noise of ``burnin_noise * (1 - epoch / align_burnin)`` per-dimension standard
+deviations: while the embeddings still learn the data and the graph it cannot win
+outright, so alignment starts gently and sharpens as the noise fades.  ``vae_loss`` and
+``dsc_loss`` are defined in :mod:`scprob.modules.glue`.  Epoch metrics go to ``history``
+as in :class:`~scprob.train.TrainingPlan`; ``validation_loss`` is the validation
+``vae_loss`` (the adversarial term is not a quantity to converge on).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .plan import TrainingPlan, _can_fuse
+
+
+class AdversarialTrainingPlan(TrainingPlan):
+    def __init__(self, module, lr: float = 2e-3, weight_decay: float = 0.0, eps: float = 1e-8, lam_align: float = 0.05,
+                 align_burnin: int = 0, burnin_noise: float = 1.5, epoch_offset: int = 0, loss_kwargs: dict | None = None, **kwargs):
+        kwargs.setdefault("n_epochs_kl_warmup", None)
+        super().__init__(module, lr=lr, weight_decay=weight_decay, eps=eps, **kwargs)
+        self.automatic_optimization = False
+        self.lam_align, self.align_burnin, self.burnin_noise = float(lam_align), int(align_burnin), float(burnin_noise)
+        self.epoch_offset = int(epoch_offset)
+        self.loss_kwargs = dict(loss_kwargs or {})
+        self.adversarial = len(module.keys) > 1 and self.lam_align > 0
+
+    def _flush(self, split: str) -> None:
+        # epochs of a later stage continue the numbering of the earlier ones
+        before = {k: len(v) for k, v in self.history.items()}
+        super()._flush(split)
+        for k, rows in self.history.items():
+            for i in range(before.get(k, 0), len(rows)):
+                rows[i] = (rows[i][0] + self.epoch_offset, rows[i][1])
+
+    def _losses(self, batch):
+        inf, _, lo = self.module(batch, loss_kwargs=self.loss_kwargs)
+        return inf, lo
+
+    def training_step(self, batch, batch_idx):
+        opt_vae, opt_dsc = self.optimizers()
+        inf, lo = self._losses(batch)
+        loss = lo.loss
+        if self.adversarial:
+            noise = self.burnin_noise * max(1.0 - self.current_epoch / self.align_burnin, 0.0) if self.align_burnin else 0.0
+            dsc_d = self.module.discriminator_loss(batch, inf, detach=True, noise=noise)
+            opt_dsc.zero_grad(set_to_none=True)
+            self.manual_backward(self.lam_align * dsc_d)
+            opt_dsc.step()
+            loss = loss - self.lam_align * self.module.discriminator_loss(batch, inf, noise=noise)
+            lo.extra_metrics["dsc_loss"] = dsc_d.detach() * lo.n_obs_minibatch
+        opt_vae.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_vae.step()
+        self._accumulate("train", lo)
+
+    def validation_step(self, batch, batch_idx):
+        inf, lo = self._losses(batch)
+        if self.adversarial:
+            lo.extra_metrics["dsc_loss"] = self.module.discriminator_loss(batch, inf).detach() * lo.n_obs_minibatch
+        self._accumulate("validation", lo)
+
+    def configure_optimizers(self):
+        vae = [p for p in self.module.vae_parameters() if p.requires_grad]
+        dsc = [p for p in self.module.discriminator.parameters() if p.requires_grad]
+        kw = dict(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+        return [torch.optim.Adam(vae, fused=_can_fuse(vae), **kw), torch.optim.Adam(dsc, fused=_can_fuse(dsc), **kw)]
