@@ -1,4 +1,4 @@
-"""Command line: ``scprob demo`` and ``scprob fit``."""
+"""Command line: ``scprob demo``, ``scprob fit``, ``scprob annotate`` and ``scprob integrate``."""
 
 from .main import main
 

@@ -5,6 +5,9 @@
                [--max-epochs N] [--n-latent N] [--gene-likelihood G] [--seed S] --out DIR
     scprob annotate DATA.(fcs|h5ad|csv) --table TABLE.csv [--cofactor C | --logicle | --no-transform]
                [--no-scale] [--no-compensate] [--batch-key K] [--labels-key K] [--max-epochs N] --out DIR
+    scprob integrate A.h5ad B.h5ad [C.h5ad ...] | DATA.h5mu --prob-models NB,NB[,...]
+               (--graph EDGES.csv | --gtf GENES.gtf) [--batch-key K] [--labels-key K] [--layer L]
+               [--max-epochs N] --out DIR
 
 All commands also take --seed, --threads, --overwrite and -q; bad input exits with code 2
 (``scprob: error: ...``) and leaves no output folder.
@@ -24,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--max-epochs", type=int, default=None,
-                        help="default: scVI: scvi-tools' rule (400 for small data); Scyan: 100, early stopping")
+                        help="default: scVI: scvi-tools' rule (400 for small data); Scyan: 100, early stopping; "
+                             "GLUE: per stage, a budget from the data size, early stopping")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     common.add_argument("--threads", type=int, default=None, help="CPU threads (default: cores, at most 8)")
@@ -61,6 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--n-top-genes", type=int, default=None,
                    help="train on this many highly variable genes (Seurat v3 flavour, across batches)")
     f.add_argument("--drop-empty-cells", action="store_true", help="drop cells with zero counts instead of failing")
+
+    g = sub.add_parser("integrate", parents=[common],
+                       help="integrate two or more omics (e.g. scRNA + scATAC) with GLUE through a guidance graph")
+    g.add_argument("data", nargs="+", metavar="DATA",
+                   help="two or more .h5ad files (one per modality; modality name = file stem) or one .h5mu file")
+    g.add_argument("--prob-models", required=True, metavar="NB,NB[,...]",
+                   help="one prob model per modality, comma-separated, in input order (e.g. NB,NB)")
+    gr = g.add_mutually_exclusive_group(required=True)
+    gr.add_argument("--graph", metavar="EDGES.csv", help="guidance graph as an edge table: source,target[,weight,sign]")
+    gr.add_argument("--gtf", metavar="GENES.gtf",
+                    help="build the graph from a GTF: the first modality's genes (gene_name) linked to the other "
+                         "modalities' overlapping peaks (names like chr1:100-600)")
+    g.add_argument("--batch-key", default=None, help="obs column of batches, for each modality that has it")
+    g.add_argument("--labels-key", default=None,
+                   help="obs column of cell types, used only to score label transfer (never given to the model)")
+    g.add_argument("--layer", default=None, help="layer of counts, for each modality that has it (default X)")
+    g.add_argument("--rep", choices=["auto", "none"], default="auto",
+                   help="encoder input: 'auto' = PCA (expression) or LSI (peaks) of count modalities with over 100 "
+                        "features (scglue's tutorial practice); 'none' = the normalized counts")
+    g.add_argument("--out", required=True)
     return p
 
 
@@ -82,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare_out(args.out, args.overwrite)
         if args.command == "annotate":
             metrics = _annotate(args)
+        elif args.command == "integrate":
+            metrics = _integrate(args)
         elif args.command == "demo" and args.model == "scyan":
             from .annotate import run_annotate
 
@@ -139,6 +165,17 @@ def _annotate(args) -> dict:
         scale=not args.no_scale, compensate=not args.no_compensate, batch_key=args.batch_key,
         labels_key=args.labels_key, max_epochs=args.max_epochs, seed=args.seed, overwrite=args.overwrite,
         quiet=args.quiet,
+    )
+
+
+def _integrate(args) -> dict:
+    from .integrate import read_modalities, run_integrate
+
+    adatas = read_modalities(args.data)
+    return run_integrate(
+        adatas, args.prob_models, args.out, graph_csv=args.graph, gtf=args.gtf, batch_key=args.batch_key,
+        labels_key=args.labels_key, layer=args.layer, max_epochs=args.max_epochs, seed=args.seed, rep=args.rep,
+        overwrite=args.overwrite, quiet=args.quiet, source=", ".join(Path(p).name for p in args.data),
     )
 
 

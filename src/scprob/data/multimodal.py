@@ -36,13 +36,17 @@ def configure_dataset(adata, prob_model: str, use_highly_variable: bool = True, 
 
     spec = get_prob_model(prob_model)
     if use_highly_variable and "highly_variable" in adata.var.columns:
-        hv = adata.var["highly_variable"].to_numpy(dtype=bool)
+        col = adata.var["highly_variable"]
+        if col.isna().any():
+            raise DataError(f"adata.var['highly_variable'] has {int(col.isna().sum())} missing value(s) "
+                            f"(first: feature {adata.var_names[np.flatnonzero(col.isna().to_numpy())[0]]!r}).")
+        hv = col.to_numpy(dtype=bool)
         if not hv.any():
             raise DataError("use_highly_variable=True but adata.var['highly_variable'] marks no feature.")
         features = [str(f) for f in adata.var_names[hv]]
     else:
         if use_highly_variable:
-            log.info("adata.var has no 'highly_variable' column: GLUE uses all %d features.", adata.n_vars)
+            log.debug("adata.var has no 'highly_variable' column: GLUE uses all %d features.", adata.n_vars)
         features = [str(f) for f in adata.var_names]
     if len(set(features)) != len(features):
         dup = pd.Index(features)[pd.Index(features).duplicated()][:5].tolist()

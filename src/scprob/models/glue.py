@@ -166,7 +166,7 @@ class GLUE:
     def train(self, max_epochs: int | None = None, batch_size: int = 128, train_size: float = 0.9, lr: float = 2e-3,
               lam_data: float = 1.0, lam_kl: float = 1.0, lam_graph: float = 0.02, lam_align: float = 0.05,
               lam_sup: float = 0.02, modality_weight: Mapping[str, float] | None = None, neg_samples: int = 1,
-              align_burnin: int | None = None, balance: bool = True, early_stopping: bool = True,
+              align_burnin: int | None = None, burnin_noise: float = 1.5, burnin_silent: bool = False, optimizer: str = "RMSprop", balance: bool = True, early_stopping: bool = True,
               patience: int | None = None, seed: int | None = None, accelerator: str = "auto", devices: int | str = 1,
               enable_progress_bar: bool = True, **trainer_kwargs) -> None:
         """Pretrain, balance, fine-tune.
@@ -210,6 +210,9 @@ class GLUE:
         history: dict[str, list] = {}
         offset = 0
         stages = [("pretrain", burnin), ("fine-tune", 0)] if balance and len(self.adatas) > 1 else [("train", burnin)]
+        if not self.is_trained_:
+            self._standardize_inputs(stores, train_idx)
+        user_callbacks = list(trainer_kwargs.pop("callbacks", []))
         self.module.train()
         for stage, stage_burnin in stages:
             if stage == "fine-tune":
@@ -218,14 +221,13 @@ class GLUE:
                 for k, w in self.balancing_weights_.items():
                     stores[k].tensors[DSC_WEIGHT] = torch.as_tensor(w, dtype=torch.float32, device=device)
                 self.module.train()
-            plan = AdversarialTrainingPlan(self.module, lr=lr, lam_align=lam_align, align_burnin=stage_burnin,
+            plan = AdversarialTrainingPlan(self.module, lr=lr, lam_align=lam_align, align_burnin=stage_burnin, burnin_noise=burnin_noise, burnin_silent=burnin_silent, optimizer=optimizer,
                                            epoch_offset=offset, loss_kwargs=loss_kwargs)
-            callbacks = list(trainer_kwargs.pop("callbacks", []))
+            callbacks = list(user_callbacks)
             if early_stopping and has_val:
                 callbacks.append(RelativeEarlyStopping("validation_loss", patience=patience, min_delta_rel=0.01,
                                                        min_epochs=stage_burnin + patience))
-            if enable_progress_bar:
-                log.info("GLUE %s: up to %d epochs", stage, budget)
+            log.info("GLUE %s: up to %d epochs", stage, budget)
             trainer = run_training(plan, train_loader, val_loader, max_epochs=budget, accelerator=accelerator,
                                    devices=devices, enable_progress_bar=enable_progress_bar, callbacks=callbacks,
                                    **trainer_kwargs)
@@ -236,6 +238,14 @@ class GLUE:
         self.history_ = {k: pd.DataFrame(v, columns=["epoch", k]).set_index("epoch") for k, v in history.items()}
         self.module.eval()
         self.is_trained_ = True
+
+    def _standardize_inputs(self, stores: dict[str, ModalityStore], train_idx: dict[str, np.ndarray]) -> None:
+        rng = np.random.default_rng(0)
+        for k, store in stores.items():
+            idx = train_idx[k] if len(train_idx[k]) <= 20_000 else rng.choice(train_idx[k], 20_000, replace=False)
+            t = store[torch.as_tensor(idx)]
+            h, _ = self.module.encoders[k].inputs(t["X"], t.get("xrep"))
+            self.module.encoders[k].standardize_inputs(h)
 
     # -------------------------------------------------------------- inference
     @property
@@ -304,9 +314,10 @@ class GLUE:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if payload.get("model_class") != "GLUE":
             raise DataError(f"{path} holds a {payload.get('model_class')} model, not GLUE.")
-        missing = set(payload["registries"]) - set(adatas)
-        if missing:
-            raise DataError(f"the model has modalities {sorted(payload['registries'])}; missing {sorted(missing)}")
+        missing, extra = set(payload["registries"]) - set(adatas), set(adatas) - set(payload["registries"])
+        if missing or extra:
+            raise DataError(f"the model has modalities {sorted(payload['registries'])}; "
+                            f"missing {sorted(missing)}, unknown {sorted(extra)}")
         import json
 
         from ..data.multimodal import UNS_KEY

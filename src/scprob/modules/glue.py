@@ -219,13 +219,12 @@ class GLUEModule(BaseModule):
         return F.cross_entropy(torch.cat(logits), torch.cat(labels))
 
     def discriminator_loss(self, tensors, inference_outputs, detach: bool = False, noise: float = 0.0) -> torch.Tensor:
-        """Balancing-weighted cross-entropy of the modality discriminator on the posterior
-        means; ``noise`` > 0 adds Gaussian noise of that many per-dimension standard
+        """Balancing-weighted cross-entropy of the modality discriminator on samples of
+        ``q(u | x)``; ``noise`` > 0 adds Gaussian noise of that many per-dimension standard
         deviations to its input (a blurred view while the embeddings burn in)."""
         us, bs, ks, ws = [], [], [], []
-        for k, qk in inference_outputs["qu"].items():
+        for k, uk in inference_outputs["u"].items():
             i = self.keys.index(k)
-            uk = qk.loc
             us.append(uk.detach() if detach else uk)
             bs.append(tensors[k]["dsc_batch"].reshape(-1))
             ks.append(torch.full((uk.shape[0],), i, dtype=torch.long, device=uk.device))

@@ -13,6 +13,8 @@ Decoder: an edge ``i -> j`` with sign ``s`` exists with probability
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,8 +36,11 @@ class GraphEncoder(nn.Module):
         self.register_buffer("eidx", eidx.long())
         self.register_buffer("enorm", norm.float())
         # propagation as one sparse matmul (its backward is the transposed matmul)
-        adj = torch.sparse_coo_tensor(torch.stack([eidx[1], eidx[0]]), norm.float(), (n_vertices, n_vertices)).coalesce()
-        self.register_buffer("adj", adj.to_sparse_csr(), persistent=False)
+        with warnings.catch_warnings():  # torch flags sparse CSR as beta; it is what we use
+            warnings.simplefilter("ignore", UserWarning)
+            adj = torch.sparse_coo_tensor(torch.stack([eidx[1], eidx[0]]), norm.float(), (n_vertices, n_vertices),
+                                          check_invariants=False).coalesce()
+            self.register_buffer("adj", adj.to_sparse_csr(), persistent=False)
         self.loc = nn.Linear(out_features, out_features)
         self.std_lin = nn.Linear(out_features, out_features)
 

@@ -52,6 +52,10 @@ class DataEncoder(nn.Module):
             layers += [nn.Linear(d, h_dim), nn.LeakyReLU(0.2), nn.BatchNorm1d(h_dim), nn.Dropout(dropout)]
             d = h_dim
         self.net = nn.Sequential(*layers)
+        # per-feature centring and scaling of the MLP input, fitted once on the data
+        # (see standardize_inputs); identity until then
+        self.register_buffer("in_mean", torch.zeros(in_features))
+        self.register_buffer("in_std", torch.ones(in_features))
         self.loc = nn.Linear(d, out_features)
         self.std_lin = nn.Linear(d, out_features)
 
@@ -63,9 +67,21 @@ class DataEncoder(nn.Module):
         """What the MLP reads."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, xrep: torch.Tensor | None = None) -> tuple[Normal, torch.Tensor | None]:
+    def inputs(self, x: torch.Tensor, xrep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The MLP's input (before standardization) and the library size."""
         l = self.compute_l(x)
-        h = self.net(xrep if xrep is not None else self.normalize(x, l))
+        return (xrep if xrep is not None else self.normalize(x, l)), l
+
+    @torch.no_grad()
+    def standardize_inputs(self, h: torch.Tensor) -> None:
+        """Fit the input standardization to a sample of inputs ``h`` (cells x inputs), so
+        that no feature dominates the first layer by its scale alone."""
+        self.in_mean.copy_(h.mean(0))
+        self.in_std.copy_(h.std(0).clamp_min(1e-3))
+
+    def forward(self, x: torch.Tensor, xrep: torch.Tensor | None = None) -> tuple[Normal, torch.Tensor | None]:
+        h, l = self.inputs(x, xrep)
+        h = self.net((h - self.in_mean) / self.in_std)
         return Normal(self.loc(h), F.softplus(self.std_lin(h)) + EPS), l
 
 

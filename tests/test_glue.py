@@ -1,0 +1,828 @@
+"""GLUE: the prob-model registry (nn/prob_models.py), the likelihoods it draws on
+(distributions/_more.py, registry.py), the guidance-graph encoder and edge sampler
+(nn/graph.py, data/graph_sampler.py), the module (modules/glue.py) and the user-facing
+model (models/glue.py): setup validation, a small two-modality fit, save/load.
+
+Data are built here: a tiny paired RNA + ATAC generator (3 cell types with type-specific
+gene programmes; each peak is linked to one gene and open when that gene's programme is
+on; ATAC cells shuffled and renamed, the true pairing kept in ``atac.obs["match"]``).
+Small networks and a few epochs keep the file fast.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy import stats
+from torch import nn
+
+import scprob
+from scprob.data import DataError
+from scprob.data.graph_sampler import EdgeSampler
+from scprob.data.multimodal import UNS_KEY
+from scprob.distributions import get_likelihood
+from scprob.metrics import foscttm, label_transfer
+from scprob.models import GLUE
+from scprob.models.glue import balancing_weights, default_max_epochs
+from scprob.nn import prob_models as pm
+from scprob.nn.graph import GraphEncoder
+
+SMALL = dict(latent_dim=8, h_depth=1, h_dim=32, dropout=0.1, random_state=0)
+FIT = dict(batch_size=64, enable_progress_bar=False, seed=0)
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore:.*val_dataloader.*", "ignore:.*train_dataloader.*", "ignore:.*LeafSpec.*",
+    "ignore:.*does not have many workers.*", "ignore:.*log_every_n_steps.*", "ignore:Sparse.*:UserWarning",
+)
+
+SHIPPED = ["NB", "ZINB", "Poisson", "Normal", "ZIN", "ZILN", "Bernoulli", "Beta", "NBMixture"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The tiny layers here gain nothing from a second thread, and with 2 OpenMP threads on
+    # 2 cores shared with another job every op waits on a busy core (measured: ~45 s vs
+    # ~2.5 s for the fit below, identical results).  Restored after the module.
+    old = scprob.settings._num_threads
+    scprob.settings.num_threads = 1
+    yield
+    scprob.settings.num_threads = old
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_paired(n_cells=180, n_types=3, n_genes=48, n_peaks=72, seed=0):
+    """Paired RNA (NB counts) + ATAC (0/1/2 counts) of the same cells, and the guidance
+    graph as an edge table (gene <-> linked peak, both directions, weight 1, sign +1).
+
+    Returns ``rna, atac, edges``; ``atac`` rows are a shuffled, renamed copy of the cells,
+    ``atac.obs["match"]`` names each ATAC cell's RNA cell.
+    """
+    rng = np.random.default_rng(seed)
+    types = np.resize(np.arange(n_types), n_cells)
+    rng.shuffle(types)
+    on = np.zeros((n_types, n_genes), bool)
+    for t in range(n_types):
+        on[t, t::n_types] = True
+    on[:, :3] = True  # housekeeping genes
+    base = rng.gamma(3.0, 0.5, n_genes)
+    mu = base * np.where(on[types], 6.0, 0.3) * rng.lognormal(0, 0.25, (n_cells, 1))
+    rna = rng.poisson(rng.gamma(5.0, mu / 5.0)).astype(np.float32)
+    link = np.arange(n_peaks) % n_genes  # peak j is linked to gene link[j]
+    p_open = np.where(on[types][:, link], 0.6, 0.04) * rng.uniform(0.7, 1.0, (n_cells, 1))
+    atac = rng.binomial(2, p_open).astype(np.float32)
+    for m in (rna, atac):
+        m[m.sum(1) == 0, 0] = 1
+    genes = [f"gene{i}" for i in range(n_genes)]
+    peaks = [f"peak{j}" for j in range(n_peaks)]
+    labels = np.array([f"type{t}" for t in types])
+    rna_names = [f"rna{i}" for i in range(n_cells)]
+    perm = rng.permutation(n_cells)
+    rna_ad = ad.AnnData(
+        sp.csr_matrix(rna), obs=pd.DataFrame({"cell_type": pd.Categorical(labels)}, index=rna_names),
+        var=pd.DataFrame(index=genes),
+    )
+    atac_ad = ad.AnnData(
+        sp.csr_matrix(atac[perm]),
+        obs=pd.DataFrame({"cell_type": pd.Categorical(labels[perm]), "match": np.asarray(rna_names)[perm]},
+                         index=[f"atac{i}" for i in range(n_cells)]),
+        var=pd.DataFrame(index=peaks),
+    )
+    src = [genes[g] for g in link] + peaks
+    tgt = peaks + [genes[g] for g in link]
+    edges = pd.DataFrame(dict(source=src, target=tgt, weight=1.0, sign=1))
+    return rna_ad, atac_ad, edges
+
+
+def truth_order(rna, atac) -> np.ndarray:
+    """Row of ``atac`` holding each RNA cell (in RNA order)."""
+    order = pd.Index(atac.obs["match"]).get_indexer(rna.obs_names)
+    assert (order >= 0).all()
+    return order
+
+
+def fresh(adata, X=None) -> ad.AnnData:
+    """The same cells and features as a new AnnData (no uns, no registry)."""
+    X = adata.X.copy() if X is None else X
+    return ad.AnnData(X, obs=adata.obs.copy(), var=pd.DataFrame(index=list(adata.var_names)))
+
+
+def configured(n_cells=90, seed=0, **kw):
+    rna, atac, edges = make_paired(n_cells=n_cells, seed=seed, **kw)
+    GLUE.configure_dataset(rna, "NB")
+    GLUE.configure_dataset(atac, "NB")
+    return rna, atac, edges
+
+
+def scores(glue, rna, atac) -> tuple[float, float]:
+    zr, za = glue.encode_data("rna", rna), glue.encode_data("atac", atac)
+    fos = foscttm(zr, za[truth_order(rna, atac)])
+    lt = label_transfer(zr, rna.obs["cell_type"], za, atac.obs["cell_type"])
+    return fos, lt
+
+
+def valid_data(name: str, n: int, p: int, rng: np.random.Generator) -> np.ndarray:
+    """Data a prob model accepts: counts, reals (with exact zeros), non-negative values
+    with zeros, binary, or fractions including exact 0 and 1."""
+    if name in ("NB", "ZINB", "Poisson", "NBMixture"):
+        x = rng.poisson(3.0, (n, p)).astype(np.float32)
+        x[:, 0] += 1
+        return x
+    if name == "Normal":
+        return rng.normal(size=(n, p)).astype(np.float32)
+    if name == "ZIN":
+        x = rng.normal(size=(n, p))
+        return np.where(rng.random((n, p)) < 0.3, 0.0, x).astype(np.float32)
+    if name == "ZILN":
+        x = rng.lognormal(0.0, 1.0, (n, p))
+        return np.where(rng.random((n, p)) < 0.3, 0.0, x).astype(np.float32)
+    if name == "Bernoulli":
+        return (rng.random((n, p)) < 0.3).astype(np.float32)
+    if name == "Beta":
+        x = rng.uniform(0.0, 1.0, (n, p))
+        x[0, :3] = [0.0, 1.0, 0.0]
+        x[1, :3] = [1.0, 1.0, 0.0]
+        return x.astype(np.float32)
+    raise AssertionError(name)
+
+
+# ------------------------------------------------------------------ 1. prob-model registry
+
+
+class SqrtEncoder(scprob.nn.DataEncoder):
+    """A custom encoder: library = total count, input = sqrt of the proportions."""
+
+    def compute_l(self, x):
+        return x.sum(dim=1, keepdim=True)
+
+    def normalize(self, x, l):
+        return (x / l.clamp_min(1.0)).sqrt()
+
+
+class MyPoissonDecoder(scprob.nn.LikelihoodDataDecoder):
+    likelihood = "poisson"
+
+
+class GaussDecoder(scprob.nn.DataDecoder):
+    """A hand-written decoder returning a plain torch Normal (no likelihood registry)."""
+
+    is_count = False
+    value_range = None
+
+    def __init__(self, out_features, n_batches=1):
+        super().__init__(out_features, n_batches)
+        self.bias = nn.Parameter(torch.zeros(n_batches, out_features))
+        self.log_std = nn.Parameter(torch.zeros(n_batches, out_features))
+
+    def forward(self, u, v, b, l):
+        return torch.distributions.Normal(u @ v.t() + self.bias[b], self.log_std[b].exp())
+
+
+@pytest.fixture
+def custom_prob_models():
+    # the public entry points (scprob.register_prob_model, scprob.nn.*)
+    scprob.register_prob_model("TestPoisson", SqrtEncoder, MyPoissonDecoder)
+    scprob.nn.register_prob_model("TestGauss", SqrtEncoder, GaussDecoder)
+    yield
+    for name in ("TestPoisson", "TestGauss"):
+        pm._PROB_MODELS.pop(name, None)
+
+
+def test_custom_prob_model_trains_and_encodes(custom_prob_models):
+    assert {"TestPoisson", "TestGauss"} <= set(scprob.nn.available_prob_models())
+    assert scprob.nn.get_prob_model("TestPoisson")["is_count"] is True  # from the poisson likelihood
+    assert scprob.nn.get_prob_model("TestGauss")["is_count"] is False  # from the class attribute
+    rna, atac, edges = make_paired(n_cells=90)
+    GLUE.configure_dataset(rna, "TestPoisson")
+    GLUE.configure_dataset(atac, "TestGauss")
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    assert isinstance(glue.module.encoders["rna"], SqrtEncoder)
+    assert isinstance(glue.module.decoders["rna"], MyPoissonDecoder)
+    assert isinstance(glue.module.decoders["atac"], GaussDecoder)
+    glue.train(max_epochs=2, **FIT)
+    assert np.isfinite(glue.history["train_loss"].to_numpy()).all()
+    for key, a in (("rna", rna), ("atac", atac)):
+        z = glue.encode_data(key, a)
+        assert z.shape == (a.n_obs, SMALL["latent_dim"]) and np.isfinite(z).all()
+    # the custom count model's data checks come from its likelihood
+    bad = fresh(rna, X=np.asarray(rna.X.todense()) + 0.5)
+    with pytest.raises(DataError, match="non-integer"):
+        GLUE.configure_dataset(bad, "TestPoisson")
+
+
+def test_unknown_prob_model_lists_registered():
+    rna, _, _ = make_paired(n_cells=30)
+    with pytest.raises(ValueError, match="NotAModel") as err:
+        GLUE.configure_dataset(rna, "NotAModel")
+    for name in pm.available_prob_models():
+        assert repr(name) in str(err.value)
+    assert UNS_KEY not in rna.uns
+
+
+def test_register_prob_model_rejects_non_subclasses():
+    with pytest.raises(TypeError, match="encoder_cls"):
+        pm.register_prob_model("Bad", nn.Linear, pm.NBDataDecoder)
+    with pytest.raises(TypeError, match="encoder_cls"):
+        pm.register_prob_model("Bad", pm.NBDataEncoder(5, 2), pm.NBDataDecoder)  # an instance, not a class
+    with pytest.raises(TypeError, match="decoder_cls"):
+        pm.register_prob_model("Bad", pm.NBDataEncoder, nn.Linear)
+    with pytest.raises(TypeError, match="decoder_cls"):
+        pm.register_prob_model("Bad", pm.NBDataEncoder, torch.distributions.Normal)
+    assert "Bad" not in pm.available_prob_models()
+
+
+# ---------------------------------------------------------- 2. every shipped prob model
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_prob_model_shapes_and_batch_rows(name):
+    assert name in pm.available_prob_models()
+    n, p, d = 20, 7, 4
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    spec = pm.get_prob_model(name)
+    x = torch.as_tensor(valid_data(name, n, p, rng))
+    enc = spec["encoder"](p, d, h_depth=1, h_dim=16, dropout=0.0)
+    qu, l = enc(x)
+    assert isinstance(qu, torch.distributions.Normal)
+    assert qu.loc.shape == (n, d) and qu.scale.shape == (n, d) and (qu.scale > 0).all()
+    assert l is None or l.shape == (n, 1)
+
+    dec = spec["decoder"](p, n_batches=2)
+    params = list(dec.parameters())
+    assert params and all(t.shape == (2, p) for t in params)  # one row per batch
+    with torch.no_grad():  # batch rows start equal; make them differ
+        for t in params:
+            t.normal_(0.0, 0.5)
+    u, v = qu.loc.detach(), torch.randn(p, d)
+    b = torch.tensor([0, 1] * (n // 2))
+    lp = dec(u, v, b, l).log_prob(x)
+    assert lp.shape == (n, p)
+    assert torch.isfinite(lp).all()
+    # each row uses its own batch's parameters
+    lp0 = dec(u, v, torch.zeros(n, dtype=torch.long), l).log_prob(x)
+    lp1 = dec(u, v, torch.ones(n, dtype=torch.long), l).log_prob(x)
+    torch.testing.assert_close(lp, torch.where(b[:, None] == 0, lp0, lp1))
+    assert not torch.allclose(lp0, lp1)
+    # configure_dataset accepts the same data
+    a = ad.AnnData(x.numpy(), obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]),
+                   var=pd.DataFrame(index=[f"f{j}" for j in range(p)]))
+    GLUE.configure_dataset(a, name)
+    assert json.loads(a.uns[UNS_KEY])["prob_model"] == name
+
+
+# -------------------------------------------------------------- 3. likelihood registry
+
+
+def _t(a):
+    return torch.as_tensor(np.asarray(a, dtype=np.float64))
+
+
+def test_zin_and_ziln_log_prob_against_scipy():
+    loc, std, pi = np.array([0.3, -1.0, 2.0]), np.array([0.5, 1.5, 0.8]), np.array([-0.7, 0.4, 1.2])
+    assert get_likelihood("zin")["params"] == ("loc", "std", "zi_logits")
+    zin = get_likelihood("zin")["builder"](loc=_t(loc), std=_t(std), zi_logits=_t(pi))
+    w = 1.0 / (1.0 + np.exp(-pi))  # dropout probability
+    at0 = np.log(w + (1 - w) * stats.norm.pdf(0.0, loc, std))
+    x = np.array([0.7, -2.0, 1.0])
+    nonzero = np.log(1 - w) + stats.norm.logpdf(x, loc, std)
+    np.testing.assert_allclose(zin.log_prob(_t(np.zeros(3))).numpy(), at0, rtol=1e-10)
+    np.testing.assert_allclose(zin.log_prob(_t(x)).numpy(), nonzero, rtol=1e-10)
+
+    ziln = get_likelihood("ziln")["builder"](loc=_t(loc), std=_t(std), zi_logits=_t(pi))
+    xp = np.array([0.7, 2.0, 1.0])
+    np.testing.assert_allclose(ziln.log_prob(_t(np.zeros(3))).numpy(), np.log(w), rtol=1e-10)
+    np.testing.assert_allclose(ziln.log_prob(_t(xp)).numpy(),
+                               np.log(1 - w) + stats.lognorm.logpdf(xp, s=std, scale=np.exp(loc)), rtol=1e-10)
+    assert get_likelihood("ziln")["value_range"] == (0.0, float("inf"))
+
+
+def test_beta_log_prob_against_scipy():
+    eta, log_phi = np.array([0.2, -1.0, 1.5, 0.0]), np.array([1.0, 2.0, 0.5, 3.0])
+    assert get_likelihood("beta")["params"] == ("loc", "log_phi")
+    assert get_likelihood("beta")["value_range"] == (0.0, 1.0)
+    dist = get_likelihood("beta")["builder"](loc=_t(eta), log_phi=_t(log_phi))
+    m, phi = 1 / (1 + np.exp(-eta)), np.exp(log_phi)
+    x = np.array([0.1, 0.5, 0.93, 0.3])
+    np.testing.assert_allclose(dist.log_prob(_t(x)).numpy(), stats.beta.logpdf(x, m * phi, (1 - m) * phi), rtol=1e-8)
+    # exact 0 and 1 (methylation fractions) are finite: scored at the clamp
+    edge = np.array([0.0, 1.0, 0.0, 1.0])
+    lp = dist.log_prob(_t(edge)).numpy()
+    assert np.isfinite(lp).all()
+    clamped = np.clip(edge, 1e-6, 1 - 1e-6)
+    np.testing.assert_allclose(lp, stats.beta.logpdf(clamped, m * phi, (1 - m) * phi), rtol=1e-6)
+
+
+def test_nb_mixture_log_prob_against_scipy():
+    mu_fg, mu_bg = np.array([20.0, 5.0, 50.0]), np.array([2.0, 1.0, 3.0])
+    theta, w = np.array([3.0, 10.0, 1.5]), np.array([0.5, -1.0, 2.0])
+    spec = get_likelihood("nb_mixture")
+    assert spec["is_count"] and set(spec["params"]) == {"log_mu", "theta", "log_mu_bg", "mix_logits"}
+    dist = spec["builder"](log_mu=_t(np.log(mu_fg)), theta=_t(theta), log_mu_bg=_t(np.log(mu_bg)), mix_logits=_t(w))
+    p_bg = 1 / (1 + np.exp(-w))
+    for x in (np.array([0.0, 0.0, 0.0]), np.array([3.0, 7.0, 40.0]), np.array([25.0, 1.0, 0.0])):
+        ref = np.logaddexp(np.log(p_bg) + stats.nbinom.logpmf(x, theta, theta / (theta + mu_bg)),
+                           np.log(1 - p_bg) + stats.nbinom.logpmf(x, theta, theta / (theta + mu_fg)))
+        np.testing.assert_allclose(dist.log_prob(_t(x)).numpy(), ref, rtol=1e-8)
+
+
+def test_bernoulli_binarizes_counts():
+    eta = np.array([0.3, -2.0, 1.0, 0.0])
+    dist = get_likelihood("bernoulli")["builder"](loc=_t(eta))
+    p = 1 / (1 + np.exp(-eta))
+    counts = np.array([0.0, 3.0, 1.0, 7.0])
+    ref = np.where(counts > 0, np.log(p), np.log(1 - p))
+    np.testing.assert_allclose(dist.log_prob(_t(counts)).numpy(), ref, rtol=1e-10)
+    np.testing.assert_allclose(dist.log_prob(_t(counts)).numpy(), dist.log_prob(_t((counts > 0) * 1.0)).numpy())
+
+
+def test_scvi_rejects_family_its_decoder_cannot_make():
+    with pytest.raises(ValueError, match="beta") as err:
+        scprob.modules.VAE(10, gene_likelihood="beta")
+    msg = str(err.value)
+    for ok in ("nb", "zinb", "poisson"):
+        assert repr(ok) in msg  # the families it takes
+    for no in ("'zin'", "'nb_mixture'", "'bernoulli'"):
+        assert no not in msg.split("takes", 1)[-1]
+    scprob.modules.VAE(10, gene_likelihood="nb")  # a family it can make
+
+
+# ------------------------------------------------------------------- 4. edge sampler
+
+
+def _edge_set(eidx):
+    return set(map(tuple, eidx.t().tolist()))
+
+
+def test_edge_sampler_negatives_are_non_edges_and_copy_signs():
+    gen = torch.Generator().manual_seed(0)
+    n = 12
+    rng = np.random.default_rng(0)
+    pairs = {(int(i), int(j)) for i, j in rng.integers(0, n, (30, 2))}
+    pairs |= {(i, i) for i in range(n)}
+    pairs = sorted(pairs)
+    eidx = torch.tensor(pairs, dtype=torch.long).t()
+    esgn = torch.as_tensor(rng.choice([-1.0, 1.0], len(pairs)), dtype=torch.float32)
+    ewt = torch.as_tensor(rng.uniform(0.2, 1.0, len(pairs)), dtype=torch.float32)
+    sign_of = {e: s for e, s in zip(pairs, esgn.tolist())}
+    edges = set(pairs)
+    for neg in (1, 3):
+        sampler = EdgeSampler(eidx, ewt, esgn, n, neg_samples=neg)
+        n_neg = 0
+        for _ in range(50):
+            out = sampler.sample(40, generator=gen)
+            e, s, t = out["eidx"], out["esgn"], out["target"]
+            assert e.shape[0] == 2 and e.shape[1] == s.numel() == t.numel()
+            pos, negm = t == 1, t == 0
+            assert int(pos.sum()) == 40 and set(t.tolist()) <= {0.0, 1.0}
+            pos_e = list(map(tuple, e[:, pos].t().tolist()))
+            neg_e = list(map(tuple, e[:, negm].t().tolist()))
+            assert set(pos_e) <= edges  # positives are real edges, with their own sign
+            assert all(sign_of[x] == y for x, y in zip(pos_e, s[pos].tolist()))
+            assert not (set(neg_e) & edges)  # never an existing edge as a negative
+            # every negative copies source and sign of one of the positives (neg per positive)
+            pos_keys = Counter((x[0], y) for x, y in zip(pos_e, s[pos].tolist()))
+            neg_keys = Counter((x[0], y) for x, y in zip(neg_e, s[negm].tolist()))
+            assert all(c <= neg * pos_keys[k] for k, c in neg_keys.items())
+            n_neg += len(neg_e)
+        assert n_neg > 0.8 * 50 * 40 * neg  # almost none dropped on a sparse graph
+
+
+def test_edge_sampler_complete_graph_terminates_without_negatives():
+    n = 5
+    pairs = [(i, j) for i in range(n) for j in range(n)]  # complete, with self-loops
+    eidx = torch.tensor(pairs, dtype=torch.long).t()
+    sampler = EdgeSampler(eidx, torch.ones(len(pairs)), torch.ones(len(pairs)), n, neg_samples=2)
+    out = sampler.sample(50, generator=torch.Generator().manual_seed(0))
+    assert out["target"].numel() == 50 and (out["target"] == 1).all()
+    assert _edge_set(out["eidx"]) <= set(pairs)
+
+
+def test_edge_sampler_negative_targets_follow_degree():
+    # hub 0 <-> 1..5 (degree 10); 6 <-> 7; 8 -> 9 (vertex 9 has degree 1)
+    pairs = [(0, j) for j in range(1, 6)] + [(j, 0) for j in range(1, 6)] + [(6, 7), (7, 6), (8, 9)]
+    eidx = torch.tensor(pairs, dtype=torch.long).t()
+    sampler = EdgeSampler(eidx, torch.ones(len(pairs)), torch.ones(len(pairs)), 10, neg_samples=5)
+    gen = torch.Generator().manual_seed(0)
+    hub = leaf = 0
+    for _ in range(100):
+        out = sampler.sample(20, generator=gen)
+        neg = out["eidx"][:, out["target"] == 0]
+        from_67 = (neg[0] == 6) | (neg[0] == 7)  # sources for which both 0 and 9 are non-edges
+        hub += int((neg[1][from_67] == 0).sum())
+        leaf += int((neg[1][from_67] == 9).sum())
+    assert hub > 3 * max(leaf, 1)  # expected ratio 10:1
+    assert leaf > 0
+
+
+# ------------------------------------------------------------------- 5. graph encoder
+
+
+def test_graph_encoder_matches_dense_propagation():
+    torch.manual_seed(0)
+    n, d = 5, 3
+    src = [0, 0, 1, 2, 2, 3, 4, 4, 0, 1, 2, 3, 4]
+    tgt = [1, 2, 0, 3, 4, 2, 0, 3, 0, 1, 2, 3, 4]
+    w = [0.5, 1.0, 0.25, 0.8, 0.3, 1.0, 0.6, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0]
+    s = [1, -1, 1, 1, -1, 1, -1, 1, 1, 1, 1, 1, 1]
+    eidx = torch.tensor([src, tgt])
+    enc = GraphEncoder(n, d, eidx, torch.tensor(w), torch.tensor(s, dtype=torch.float32))
+    q = enc()
+    assert isinstance(q, torch.distributions.Normal)
+    assert q.loc.shape == (n, d) and q.scale.shape == (n, d) and (q.scale > 0).all()
+    h = enc.vrepr.detach().double().numpy()
+    W = np.zeros((n, n))
+    S = np.zeros((n, n))
+    for i, j, wij, sij in zip(src, tgt, w, s):
+        W[i, j], S[i, j] = wij, sij
+    d_out, d_in = W.sum(1), W.sum(0)
+    dense = np.zeros((n, d))
+    for j in range(n):
+        for i in range(n):
+            if W[i, j] > 0:
+                dense[j] += S[i, j] * W[i, j] / np.sqrt(d_out[i] * d_in[j]) * h[i]
+    np.testing.assert_allclose(enc.propagate().detach().double().numpy(), dense, rtol=1e-5, atol=1e-6)
+    # gradients reach the vertex representations through the sparse propagation
+    enc().loc.sum().backward()
+    assert enc.vrepr.grad is not None and enc.vrepr.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ 6. a small fit
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    rna, atac, edges = make_paired()
+    GLUE.configure_dataset(rna, "NB")
+    GLUE.configure_dataset(atac, "NB")
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    before = scores(glue, rna, atac)  # untrained: the model as built
+    # 40 + 40 epochs of 3 steps, no early stopping: aligned on each of 6 data/model seeds
+    # tried (FOSCTTM 0.16-0.25, label transfer 0.67-1.0).  With max_epochs=30 and early
+    # stopping (pretrain stopped at ~11-14 epochs) 2 of 5 seeds stayed unaligned.
+    glue.train(max_epochs=40, early_stopping=False, **FIT)
+    return glue, rna, atac, before
+
+
+def test_fit_aligns_better_than_untrained(fitted):
+    glue, rna, atac, (fos0, lt0) = fitted
+    fos1, lt1 = scores(glue, rna, atac)
+    assert glue.is_trained_
+    assert fos1 < fos0 - 0.05, (fos0, fos1)  # untrained ~0.5 (random)
+    assert lt1 > 1 / 3 + 0.1, lt1  # 3 balanced types: chance 1/3
+    hist = glue.history
+    assert {"train_loss", "validation_loss", "stage"} <= set(hist)
+    assert set(hist["stage"]["stage"]) == {"pretrain", "fine-tune"}
+    assert np.isfinite(hist["train_loss"].to_numpy()).all()
+    w = glue.balancing_weights_
+    assert set(w) == {"rna", "atac"}
+    for k in w:
+        assert len(w[k]) == glue.adatas[k].n_obs and np.isclose(w[k].mean(), 1.0)
+
+
+def test_fit_graph_and_feature_embeddings(fitted):
+    glue = fitted[0]
+    n_v = 48 + 72
+    assert glue.vertices[:48] == [f"gene{i}" for i in range(48)] and len(glue.vertices) == n_v
+    loops = glue.edges[glue.edges["source"] == glue.edges["target"]]
+    assert set(loops["source"]) == set(glue.vertices)  # self-loops added
+    assert len(glue.edges) == 2 * 72 + n_v
+    v = glue.encode_graph()
+    assert v.shape == (n_v, SMALL["latent_dim"]) and np.isfinite(v).all()
+    fe = glue.feature_embeddings()
+    assert list(fe.index) == glue.vertices and np.array_equal(fe.to_numpy(), v)
+
+
+def test_history_epochs_and_stages_line_up(fitted):
+    hist = fitted[0].history
+    n = len(hist["train_loss"])
+    assert list(hist["train_loss"].index) == list(range(n)) == list(hist["stage"].index)
+    stages = hist["stage"]["stage"].tolist()
+    assert stages == sorted(stages, key=["pretrain", "fine-tune"].index)  # pretrain epochs first
+
+
+def test_encode_data_matches_features_by_name(fitted):
+    glue, rna, _, _ = fitted
+    z = glue.encode_data("rna", rna)
+    shuffled = fresh(rna)[:, list(rna.var_names[::-1])].copy()
+    np.testing.assert_allclose(glue.encode_data("rna", shuffled), z, rtol=1e-5, atol=1e-6)
+    with pytest.raises(KeyError, match="unknown modality"):
+        glue.encode_data("protein", rna)
+    with pytest.raises(DataError, match="lacks 1 of the modality's features"):
+        glue.encode_data("rna", fresh(rna)[:, list(rna.var_names[1:])].copy())
+
+
+def test_untrained_model_encodes_and_is_deterministic():
+    rna, atac, edges = configured()
+    a = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    b = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    assert not a.is_trained_
+    z = a.encode_data("rna", rna)
+    assert z.shape == (rna.n_obs, SMALL["latent_dim"]) and np.isfinite(z).all()
+    assert rna.obsm["X_glue"] is z
+    np.testing.assert_array_equal(b.encode_data("rna", rna), z)  # same random_state, same model
+
+
+def test_shared_feature_names_are_one_vertex():
+    # two modalities over the same genes, the second in another order: one vertex per
+    # gene, and the second modality's feature embeddings are gathered, not sliced
+    rna, _, edges = make_paired(n_cells=60)
+    other = fresh(rna)[:, list(rna.var_names[::-1])].copy()
+    GLUE.configure_dataset(rna, "NB")
+    GLUE.configure_dataset(other, "Poisson")
+    gene_edges = edges[edges["source"].str.startswith("gene")].rename(columns={"source": "target", "target": "source"})
+    glue = GLUE({"rna": rna, "rev": other}, pd.concat([edges, gene_edges]), **SMALL)
+    assert glue.vertices == list(rna.var_names)
+    v = torch.randn(len(glue.vertices), SMALL["latent_dim"])
+    torch.testing.assert_close(glue.module.feature_embeddings(v, "rna"), v)
+    torch.testing.assert_close(glue.module.feature_embeddings(v, "rev"), v.flip(0))
+    glue.train(max_epochs=2, **FIT)
+    assert np.isfinite(glue.history["train_loss"].to_numpy()).all()
+
+
+def test_networkx_graph_equals_edge_table():
+    import networkx as nx
+
+    rna, atac, edges = configured(n_cells=30)
+    half = edges.iloc[: len(edges) // 2]  # gene -> peak only
+    g = nx.Graph()  # undirected: both directions, default weight and sign 1
+    g.add_edges_from(zip(half["source"], half["target"]))
+    from_nx = GLUE({"rna": rna, "atac": atac}, g, **SMALL)
+    from_table = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    assert from_nx.vertices == from_table.vertices
+    key = ["source", "target"]
+    a = from_nx.edges.sort_values(key).reset_index(drop=True)
+    b = from_table.edges.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[key + ["weight"]], b[key + ["weight"]], check_dtype=False)
+    assert (a["sign"].to_numpy() == b["sign"].to_numpy()).all()
+
+
+def test_single_modality_trains():
+    rna, _, edges = configured(n_cells=60)
+    glue = GLUE({"rna": rna}, edges, **SMALL)
+    glue.train(max_epochs=2, **FIT)
+    assert set(glue.history["stage"]["stage"]) == {"train"}
+    assert glue.encode_data("rna", rna).shape == (60, SMALL["latent_dim"])
+
+
+def test_use_rep_encoder_reads_representation():
+    rna, atac, edges = make_paired(n_cells=90)
+    x = np.log1p(np.asarray(atac.X.todense()))
+    atac.obsm["X_lsi"] = (x - x.mean(0)) @ np.random.default_rng(0).normal(size=(x.shape[1], 6))
+    GLUE.configure_dataset(rna, "NB")
+    GLUE.configure_dataset(atac, "NB", use_rep="X_lsi")
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    assert glue.module.encoders["atac"].net[0].in_features == 6
+    glue.train(max_epochs=2, **FIT)
+    z = glue.encode_data("atac", atac)
+    assert z.shape == (atac.n_obs, SMALL["latent_dim"]) and np.isfinite(z).all()
+    with pytest.raises(DataError, match="use_rep 'X_pca'"):
+        GLUE.configure_dataset(fresh(atac), "NB", use_rep="X_pca")
+
+
+def test_user_callbacks_see_every_stage():
+    # BUG (src/scprob/models/glue.py, GLUE.train, ~line 225): ``callbacks = list(trainer_kwargs.pop("callbacks", []))``
+    # runs inside the stage loop, so the callbacks a user passes to train() are popped by
+    # the pretrain stage and the fine-tune trainer runs without them.  Expected: they
+    # are called in both stages (here 3 + 3 epochs); observed: only the 3 pretrain epochs.
+    import lightning.pytorch as pl
+
+    class CountEpochs(pl.Callback):
+        def __init__(self):
+            self.n = 0
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.n += 1
+
+    rna, atac, edges = configured()
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    cb = CountEpochs()
+    glue.train(max_epochs=3, callbacks=[cb], **FIT)
+    assert set(glue.history["stage"]["stage"]) == {"pretrain", "fine-tune"}
+    assert cb.n == len(glue.history["train_loss"]) == 6
+
+
+# ---------------------------------------------------------------- 7. save / load
+
+
+def test_save_load_identity(fitted, tmp_path):
+    glue, rna, atac, _ = fitted
+    z = {"rna": glue.encode_data("rna", rna), "atac": glue.encode_data("atac", atac)}
+    glue.save(tmp_path / "glue")
+    payload = torch.load(tmp_path / "glue" / "model.pt", map_location="cpu", weights_only=True)  # no pickled code
+    assert payload["model_class"] == "GLUE"
+    new = {"rna": fresh(rna), "atac": fresh(atac)}  # not configured: the saved registry is used
+    loaded = GLUE.load(tmp_path / "glue", new)
+    assert loaded.is_trained_ and loaded.vertices == glue.vertices
+    for k in z:
+        np.testing.assert_array_equal(loaded.encode_data(k, new[k]), z[k])
+    np.testing.assert_array_equal(loaded.encode_graph(), glue.encode_graph())
+    pd.testing.assert_frame_equal(loaded.history["train_loss"], glue.history["train_loss"])
+    with pytest.raises(DataError, match="missing"):
+        GLUE.load(tmp_path / "glue", {"rna": fresh(rna)})
+    with pytest.raises(FileNotFoundError):
+        GLUE.load(tmp_path / "nothing", new)
+
+
+def test_load_with_an_extra_modality_is_a_clear_error(fitted, tmp_path):
+    # BUG (src/scprob/models/glue.py, GLUE.load, ~line 324): GLUE.load indexes ``payload["registries"][k]``
+    # for every key passed, so a modality the model does not have raises a bare
+    # ``KeyError: 'extra'`` (after writing the saved registries into the other AnnDatas'
+    # uns).  Expected: a DataError naming the unknown modality, as for a missing one.
+    glue, rna, atac, _ = fitted
+    glue.save(tmp_path / "glue")
+    with pytest.raises(DataError, match="extra"):
+        GLUE.load(tmp_path / "glue", {"rna": fresh(rna), "atac": fresh(atac), "extra": fresh(rna)})
+
+
+def test_load_rejects_other_model_class(tmp_path, adata):
+    from scprob.models import SCVI
+
+    SCVI.setup_anndata(adata)
+    SCVI(adata, n_hidden=8, n_latent=2).save(tmp_path / "scvi")
+    with pytest.raises(DataError, match="SCVI model, not GLUE"):
+        GLUE.load(tmp_path / "scvi", {"rna": adata})
+
+
+# ------------------------------------------------------------------ 8. bad input
+
+
+def test_graph_missing_features():
+    rna, atac, edges = configured()
+    drop = {"gene0", "gene1", "gene2"}
+    partial = edges[~edges["source"].isin(drop) & ~edges["target"].isin(drop)]
+    with pytest.raises(DataError, match="lacks 3 of modality 'rna'") as err:
+        GLUE({"rna": rna, "atac": atac}, partial, **SMALL)
+    assert "'gene0'" in str(err.value)
+
+
+@pytest.mark.parametrize("column,value,fact", [
+    ("weight", 1.5, r"weight outside \(0, 1\]"),
+    ("weight", 0.0, r"weight outside \(0, 1\]"),
+    ("weight", -0.2, r"weight outside \(0, 1\]"),
+    ("sign", 2, r"sign not in"),
+])
+def test_bad_edge_attributes(column, value, fact):
+    rna, atac, edges = configured()
+    edges = edges.copy()
+    edges[column] = edges[column].astype(float)
+    edges.loc[5, column] = value
+    with pytest.raises(DataError, match=fact) as err:
+        GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    assert f"{edges.loc[5, 'source']}->{edges.loc[5, 'target']}" in str(err.value)  # names the edge
+
+
+def test_modality_without_graph_features():
+    rna, atac, edges = configured()
+    other = fresh(atac)
+    other.var_names = [f"region{j}" for j in range(other.n_vars)]
+    GLUE.configure_dataset(other, "NB")
+    with pytest.raises(DataError, match="modality 'atac': none of its 72 features"):
+        GLUE({"rna": rna, "atac": other}, edges, **SMALL)
+
+
+def test_non_integer_counts_under_nb():
+    rna, _, _ = make_paired(n_cells=30)
+    X = np.asarray(rna.X.todense())
+    X[3, 5] = 2.5
+    bad = fresh(rna, X=sp.csr_matrix(X))
+    with pytest.raises(DataError, match="non-integer") as err:
+        GLUE.configure_dataset(bad, "NB")
+    assert "'rna3'" in str(err.value) and "'gene5'" in str(err.value)
+    assert UNS_KEY not in bad.uns
+
+
+@pytest.mark.parametrize("prob_model,value,rng_text", [
+    ("Beta", 1.5, r"outside \[0.0, 1.0\]"),
+    ("Beta", -0.1, r"outside \[0.0, 1.0\]"),
+    ("ZILN", -0.5, r"outside \[0.0, inf\]"),
+    ("Bernoulli", -1.0, r"outside \[0.0, inf\]"),
+    ("NB", -1.0, r"outside \[0.0, inf\]"),
+])
+def test_value_out_of_family_range(prob_model, value, rng_text):
+    rng = np.random.default_rng(0)
+    X = rng.integers(1, 3, (20, 6)).astype(np.float32) if prob_model == "NB" else rng.uniform(0, 1, (20, 6)).astype(np.float32)
+    X[4, 2] = value
+    a = ad.AnnData(X, obs=pd.DataFrame(index=[f"c{i}" for i in range(20)]),
+                   var=pd.DataFrame(index=[f"cpg{j}" for j in range(6)]))
+    with pytest.raises(DataError, match=rng_text) as err:
+        GLUE.configure_dataset(a, prob_model)
+    msg = str(err.value)
+    assert str(value) in msg and "'c4'" in msg and "'cpg2'" in msg and repr(prob_model) in msg
+    assert UNS_KEY not in a.uns
+
+
+def test_highly_variable_with_missing_values():
+    # BUG (src/scprob/data/multimodal.py, configure_dataset):
+    # ``adata.var["highly_variable"].to_numpy(dtype=bool)`` turns NaN into True, so a
+    # highly_variable column with missing values (object dtype: True / NaN) selects every
+    # feature, while scprob.data.guidance.check_graph (``astype("boolean").fillna(False)``)
+    # reads the same column as "NaN = not highly variable".  Expected: the 24 features
+    # marked True (as check_graph reads it), or a DataError; observed: all 48 used.
+    rna, _, _ = make_paired(n_cells=30)
+    rna.var["highly_variable"] = pd.Series([True, np.nan] * 24, index=rna.var_names, dtype=object)
+    try:
+        GLUE.configure_dataset(rna, "NB")
+    except DataError:
+        return
+    features = json.loads(rna.uns[UNS_KEY])["features"]
+    assert features == list(rna.var_names[::2])
+
+
+def test_modality_not_configured():
+    rna, atac, edges = configured()
+    with pytest.raises(DataError, match="'atac' is not configured"):
+        GLUE({"rna": rna, "atac": fresh(atac)}, edges, **SMALL)
+
+
+def test_cell_without_counts():
+    rna, _, _ = make_paired(n_cells=30)
+    X = np.asarray(rna.X.todense())
+    X[7] = 0
+    bad = fresh(rna, X=sp.csr_matrix(X))
+    with pytest.raises(DataError, match="1 cell\\(s\\) have no counts") as err:
+        GLUE.configure_dataset(bad, "NB")
+    assert "'rna7'" in str(err.value)
+
+
+def test_unknown_prob_model_error_is_a_value_error():
+    rna, _, _ = make_paired(n_cells=30)
+    with pytest.raises(ValueError, match="Unknown prob_model 'nb'"):  # names are case-sensitive
+        GLUE.configure_dataset(rna, "nb")
+
+
+# ---------------------------------------------------- 9. cell-type supervision
+
+
+def test_cell_type_supervision_with_unlabelled_cells():
+    rna, atac, edges = make_paired(n_cells=90)
+    labels = rna.obs["cell_type"].astype(object).to_numpy()
+    labels[::4] = np.nan  # a quarter unlabelled
+    rna.obs["cell_type"] = pd.Categorical(labels)
+    GLUE.configure_dataset(rna, "NB", use_cell_type="cell_type")
+    GLUE.configure_dataset(atac, "NB")
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    assert glue.cell_types == ["type0", "type1", "type2"]
+    assert glue.module.classifier is not None and glue.module.classifier.out_features == 3
+    glue.train(max_epochs=3, **FIT)
+    assert "sup_loss_train" in glue.history
+    assert np.isfinite(glue.history["sup_loss_train"].to_numpy()).all()
+
+
+# --------------------------------------------- 10. batches and balancing weights
+
+
+def test_batch_specific_decoder_rows():
+    rna, atac, edges = make_paired(n_cells=90)
+    rna.obs["batch"] = pd.Categorical(np.where(np.arange(rna.n_obs) % 2 == 0, "b0", "b1"))
+    GLUE.configure_dataset(rna, "NB", use_batch="batch")
+    GLUE.configure_dataset(atac, "NB")
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    dec = glue.module.decoders["rna"]
+    assert dec.n_batches == 2
+    for t in dec.parameters():
+        assert t.shape == (2, rna.n_vars)
+    for t in glue.module.decoders["atac"].parameters():
+        assert t.shape == (1, atac.n_vars)
+    assert glue.module.discriminator.n_batches == 2
+    glue.train(max_epochs=3, **FIT)
+    assert np.isfinite(glue.history["train_loss"].to_numpy()).all()
+    theta = dec.per_feature["log_theta"].detach()
+    assert not torch.equal(theta[0], theta[1])  # trained apart
+    z = glue.encode_data("rna", rna)
+    assert z.shape == (rna.n_obs, SMALL["latent_dim"]) and np.isfinite(z).all()
+
+
+def test_balancing_weights_downweight_unmatched_cluster():
+    rng = np.random.default_rng(0)
+
+    def blob(center, n=30):
+        return np.asarray(center, float) + 0.5 * rng.normal(size=(n, 3))
+
+    A, B, C = (10, 0, 0), (0, 10, 0), (0, 0, 10)
+    emb = {"m1": np.vstack([blob(A), blob(B), blob(C)]), "m2": np.vstack([blob(A), blob(B)])}
+    w = balancing_weights(emb)
+    assert set(w) == {"m1", "m2"}
+    assert w["m1"].shape == (90,) and w["m2"].shape == (60,)
+    for k in w:
+        assert np.isclose(w[k].mean(), 1.0) and (w[k] >= 0).all()
+    w1 = w["m1"]
+    assert w1[60:].mean() < 0.2 * w1[:60].mean()  # C has no counterpart in m2
+    assert (w["m2"] > 0).all()
+    # nothing in common at all: uniform weights
+    far = balancing_weights({"m1": blob(A, 40), "m2": blob(C, 40)})
+    assert all(np.allclose(v, 1.0) for v in far.values())
+
+
+def test_default_max_epochs():
+    assert default_max_epochs(100) == 400  # one step per epoch: capped at 400
+    assert default_max_epochs(128 * 20) == 200  # 4000 steps / 20 steps per epoch
+    assert default_max_epochs(10**6) == 40  # floor
