@@ -69,6 +69,9 @@ def test_not_set_up_and_bad_options(adata):
     with pytest.raises(ValueError, match="dispersion must be one of"):
         SCVI(adata, dispersion="per-gene")
     with pytest.raises(ValueError, match="Unknown likelihood"):
+        SCVI(adata, gene_likelihood="student-t")
+    # a registered family whose parameters scVI's decoder cannot make (GLUE's Gaussian)
+    with pytest.raises(ValueError, match="scVI takes"):
         SCVI(adata, gene_likelihood="gaussian")
 
 
