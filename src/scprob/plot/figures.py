@@ -17,20 +17,43 @@ def _plt():
 TRAINING_PANELS = [("elbo", "ELBO (negative, per cell)"), ("reconstruction_loss", "reconstruction loss"), ("kl_local", "local KL")]
 
 
-def plot_training_curves(history: dict, path: str | Path, panels: list[tuple[str, str]] | None = None) -> Path:
+def _stage_spans(stages) -> list[list]:
+    """[name, first epoch, last epoch] of each run of equal stage names."""
+    spans: list[list] = []
+    if stages is not None and len(stages):
+        for epoch, name in zip(stages.index, stages.iloc[:, 0]):
+            if spans and spans[-1][0] == name:
+                spans[-1][2] = epoch
+            else:
+                spans.append([name, epoch, epoch])
+    return spans
+
+
+def plot_training_curves(history: dict, path: str | Path, panels: list[tuple[str, str]] | None = None,
+                         stage_key: str | None = None) -> Path:
     """One panel per ``(metric, title)`` (default: ELBO, reconstruction loss and local KL)
-    per epoch, train vs validation."""
+    per epoch, train (solid) vs validation (dashed).  With ``stage_key``,
+    ``history[stage_key]`` (epoch -> stage name) marks training stages: a dotted line
+    where each stage starts, its name on top, every other stage shaded."""
     plt = _plt()
     panels = TRAINING_PANELS if panels is None else panels
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False)
+    spans = _stage_spans(history.get(stage_key)) if stage_key else []
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
         for split, style in (("train", "-"), ("validation", "--")):
             df = history.get(f"{key}_{split}")
             if df is not None and len(df):
                 ax.plot(df.index, df.iloc[:, 0], style, label=split)
-        ax.set_title(title)
+        for i, (name, lo, hi) in enumerate(spans):
+            if i % 2:
+                ax.axvspan(lo - 0.5, hi + 0.5, color="0.92", zorder=0)
+            if i:
+                ax.axvline(lo - 0.5, color="0.4", ls=":", lw=1)
+            ax.text((lo + hi) / 2, 1.0, str(name), transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=7)
+        ax.set_title(title, pad=14 if spans else 6)
         ax.set_xlabel("epoch")
-        ax.legend(frameon=False)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

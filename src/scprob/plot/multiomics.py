@@ -8,43 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import _plt, embed_2d, plot_embedding
+from .figures import embed_2d, plot_embedding, plot_training_curves
 
 
 def plot_staged_curves(history: Mapping, path: str | Path, panels: list[tuple[str, str]], stage_key: str = "stage") -> Path:
-    """One panel per ``(metric, title)``: ``<metric>_train`` (solid) and
-    ``<metric>_validation`` (dashed) per epoch.  ``history[stage_key]`` (epoch -> stage
-    name) marks the stages: a dotted line where each stage starts, its name on top and
-    every other stage shaded."""
-    plt = _plt()
-    stages = history.get(stage_key)
-    spans = []  # (name, first epoch, last epoch)
-    if stages is not None and len(stages):
-        for epoch, name in zip(stages.index, stages.iloc[:, 0]):
-            if spans and spans[-1][0] == name:
-                spans[-1][2] = epoch
-            else:
-                spans.append([name, epoch, epoch])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels):
-        for split, style in (("train", "-"), ("validation", "--")):
-            df = history.get(f"{key}_{split}")
-            if df is not None and len(df):
-                ax.plot(df.index, df.iloc[:, 0], style, label=split)
-        for i, (name, lo, hi) in enumerate(spans):
-            if i % 2:
-                ax.axvspan(lo - 0.5, hi + 0.5, color="0.92", zorder=0)
-            if i:
-                ax.axvline(lo - 0.5, color="0.4", ls=":", lw=1)
-            ax.text((lo + hi) / 2, 1.0, str(name), transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=7)
-        ax.set_title(title, pad=14 if spans else 6)
-        ax.set_xlabel("epoch")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    """Training curves with the stages in ``history[stage_key]`` marked (see
+    :func:`~scprob.plot.figures.plot_training_curves`)."""
+    return plot_training_curves(dict(history), path, panels, stage_key=stage_key)
 
 
 def embed_joint(latents: Mapping[str, np.ndarray], max_cells: int = 5000, seed: int = 0
