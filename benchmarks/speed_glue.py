@@ -66,7 +66,7 @@ def scprob_worker(seed: int) -> dict:
         batch = None
     else:
         sys.path.insert(0, str(HERE))
-        from _glue_worker import ADT_GENES
+        from _adt_genes import ADT_GENES
 
         from scprob.data.hvg import highly_variable_genes
 
