@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import bioframe
 import networkx as nx
 import numpy as np
 import pandas as pd
@@ -249,6 +248,8 @@ def _links(regions: pd.DataFrame, feats: pd.DataFrame, extend_range: int, extend
     )
     if regions.empty or peaks.empty:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    import bioframe  # ~1 s to import: only when a graph is built, not with `import scprob`
+
     # half-open overlap excludes book-ended intervals, so pad one more base to keep distance == extend_range
     query = bioframe.expand(regions, pad=extend_range + 1) if extend_range > 0 else regions
     hits = bioframe.overlap(query, peaks, how="inner", return_index=True, return_input=False)
