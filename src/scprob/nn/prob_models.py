@@ -25,6 +25,8 @@ family registered once in the likelihood registry is a GLUE decoder by naming it
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +37,7 @@ from ..distributions import get_likelihood
 EPS = 1e-7
 
 
-class DataEncoder(nn.Module):
+class DataEncoder(nn.Module, abc.ABC):
     """MLP data encoder: ``x -> N(loc, std)`` over ``normalize(x, compute_l(x))``.
 
     ``h_depth`` hidden layers of ``h_dim`` units (Linear, LeakyReLU(0.2), BatchNorm,
@@ -59,13 +61,13 @@ class DataEncoder(nn.Module):
         self.loc = nn.Linear(d, out_features)
         self.std_lin = nn.Linear(d, out_features)
 
+    @abc.abstractmethod
     def compute_l(self, x: torch.Tensor) -> torch.Tensor | None:
         """Library size of each cell (cells x 1), or ``None`` where the family has none."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def normalize(self, x: torch.Tensor, l: torch.Tensor | None) -> torch.Tensor:
         """What the MLP reads."""
-        raise NotImplementedError
 
     def inputs(self, x: torch.Tensor, xrep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The MLP's input (before standardization) and the library size."""
@@ -122,7 +124,7 @@ class BinaryDataEncoder(DataEncoder):
         return (x > 0).to(x.dtype)
 
 
-class DataDecoder(nn.Module):
+class DataDecoder(nn.Module, abc.ABC):
     """Base data decoder: ``forward(u, v, b, l)`` returns the likelihood of the modality's
     data (cells x features).  ``n_batches`` rows of batch-specific parameters."""
 
@@ -130,8 +132,9 @@ class DataDecoder(nn.Module):
         super().__init__()
         self.out_features, self.n_batches = out_features, n_batches
 
+    @abc.abstractmethod
     def forward(self, u: torch.Tensor, v: torch.Tensor, b: torch.Tensor, l: torch.Tensor | None) -> Distribution:
-        raise NotImplementedError
+        """The likelihood p(x | u, v) of a minibatch."""
 
 
 def batch_rows(param: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
