@@ -130,10 +130,12 @@ class GLUE:
             for k, r in self.registries.items()
         }
         e = self.edges
-        self.module = GLUEModule(
-            mods, len(self.vertices),
+        self._edge_tensors = (  # edge index (2 x E), weights, signs: the graph encoder's and the sampler's
             torch.as_tensor(np.stack([e["source"].map(vid).to_numpy(), e["target"].map(vid).to_numpy()]), dtype=torch.long),
             torch.as_tensor(e["weight"].to_numpy(), dtype=torch.float32), torch.as_tensor(e["sign"].to_numpy(), dtype=torch.float32),
+        )
+        self.module = GLUEModule(
+            mods, len(self.vertices), *self._edge_tensors,
             n_labels=len(self.cell_types), n_dsc_batches=len(self.batch_union) if len(self.batch_union) > 1 else 0,
             **self.init_params,
         )
@@ -166,16 +168,17 @@ class GLUE:
     def train(self, max_epochs: int | None = None, batch_size: int = 128, train_size: float = 0.9, lr: float = 2e-3,
               lam_data: float = 1.0, lam_kl: float = 1.0, lam_graph: float = 0.02, lam_align: float = 0.05,
               lam_sup: float = 0.02, modality_weight: Mapping[str, float] | None = None, neg_samples: int = 1,
-              align_burnin: int | None = None, burnin_noise: float = 1.5, burnin_silent: bool = False, optimizer: str = "RMSprop", balance: bool = True, early_stopping: bool = True,
-              patience: int | None = None, seed: int | None = None, accelerator: str = "auto", devices: int | str = 1,
+              align_burnin: int | None = None, burnin_noise: float = 1.5, optimizer: str = "RMSprop", balance: bool = True,
+              early_stopping: bool = True, patience: int | None = None, seed: int | None = None, accelerator: str = "auto", devices: int | str = 1,
               enable_progress_bar: bool = True, **trainer_kwargs) -> None:
         """Pretrain, balance, fine-tune.
 
         ``max_epochs`` caps each stage (default :func:`default_max_epochs`); early
         stopping ends a stage when the validation loss has not improved by 1% of the
         progress made so far for ``patience`` epochs (default: a tenth of the budget, at
-        least 8).  ``align_burnin``: epochs before the adversarial term acts (default a
-        tenth of the budget).  ``lam_*`` weigh the terms of the objective (see
+        least 8).  ``align_burnin``: epochs over which the discriminator's input noise
+        (``burnin_noise`` standard deviations at the start) fades to none (default a tenth
+        of the budget).  ``optimizer``: "RMSprop" (default) or "Adam", both networks.  ``lam_*`` weigh the terms of the objective (see
         :mod:`scprob.modules.glue`); ``modality_weight`` the modalities' data terms.
         """
         import lightning.pytorch as pl
@@ -193,10 +196,7 @@ class GLUE:
             n_train = int(np.ceil(train_size * a.n_obs)) if train_size < 1 else a.n_obs
             train_idx[k], val_idx[k] = np.sort(perm[:n_train]), np.sort(perm[n_train:])
         self.train_indices_, self.validation_indices_ = train_idx, val_idx
-        e = self.module.g2v
-        sampler = EdgeSampler(e.eidx.cpu(), torch.as_tensor(self.edges["weight"].to_numpy(), dtype=torch.float32),
-                              torch.as_tensor(self.edges["sign"].to_numpy(), dtype=torch.float32), len(self.vertices),
-                              neg_samples=neg_samples)
+        sampler = EdgeSampler(*self._edge_tensors, len(self.vertices), neg_samples=neg_samples)
         train_loader = MultiModalLoader(stores, train_idx, batch_size, shuffle=True, seed=seed, sampler=sampler)
         has_val = all(len(v) > 0 for v in val_idx.values())
         val_loader = MultiModalLoader(stores, val_idx, batch_size, shuffle=False, seed=seed + 1, sampler=sampler,
@@ -221,7 +221,7 @@ class GLUE:
                 for k, w in self.balancing_weights_.items():
                     stores[k].tensors[DSC_WEIGHT] = torch.as_tensor(w, dtype=torch.float32, device=device)
                 self.module.train()
-            plan = AdversarialTrainingPlan(self.module, lr=lr, lam_align=lam_align, align_burnin=stage_burnin, burnin_noise=burnin_noise, burnin_silent=burnin_silent, optimizer=optimizer,
+            plan = AdversarialTrainingPlan(self.module, lr=lr, lam_align=lam_align, align_burnin=stage_burnin, burnin_noise=burnin_noise, optimizer=optimizer,
                                            epoch_offset=offset, loss_kwargs=loss_kwargs)
             callbacks = list(user_callbacks)
             if early_stopping and has_val:

@@ -23,13 +23,12 @@ from .plan import TrainingPlan, _can_fuse
 
 class AdversarialTrainingPlan(TrainingPlan):
     def __init__(self, module, lr: float = 2e-3, weight_decay: float = 0.0, eps: float = 1e-8, lam_align: float = 0.05,
-                 align_burnin: int = 0, burnin_noise: float = 1.5, burnin_silent: bool = False, epoch_offset: int = 0, loss_kwargs: dict | None = None, **kwargs):
+                 align_burnin: int = 0, burnin_noise: float = 1.5, epoch_offset: int = 0, loss_kwargs: dict | None = None, **kwargs):
         kwargs.setdefault("n_epochs_kl_warmup", None)
         super().__init__(module, lr=lr, weight_decay=weight_decay, eps=eps, **kwargs)
         self.automatic_optimization = False
         self.lam_align, self.align_burnin, self.burnin_noise = float(lam_align), int(align_burnin), float(burnin_noise)
         self.epoch_offset = int(epoch_offset)
-        self.burnin_silent = bool(burnin_silent)
         self.loss_kwargs = dict(loss_kwargs or {})
         self.adversarial = len(module.keys) > 1 and self.lam_align > 0
 
@@ -55,8 +54,7 @@ class AdversarialTrainingPlan(TrainingPlan):
             opt_dsc.zero_grad(set_to_none=True)
             self.manual_backward(self.lam_align * dsc_d)
             opt_dsc.step()
-            if self.current_epoch >= self.align_burnin or not self.burnin_silent:
-                loss = loss - self.lam_align * self.module.discriminator_loss(batch, inf, noise=noise)
+            loss = loss - self.lam_align * self.module.discriminator_loss(batch, inf, noise=noise)
             lo.extra_metrics["dsc_loss"] = dsc_d.detach() * lo.n_obs_minibatch
         opt_vae.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -75,4 +73,6 @@ class AdversarialTrainingPlan(TrainingPlan):
         kw = dict(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
         if self.optimizer_name == "RMSprop":
             return [torch.optim.RMSprop(vae, **kw), torch.optim.RMSprop(dsc, **kw)]
-        return [torch.optim.Adam(vae, fused=_can_fuse(vae), **kw), torch.optim.Adam(dsc, fused=_can_fuse(dsc), **kw)]
+        if self.optimizer_name == "Adam":
+            return [torch.optim.Adam(vae, fused=_can_fuse(vae), **kw), torch.optim.Adam(dsc, fused=_can_fuse(dsc), **kw)]
+        raise ValueError(f"optimizer must be 'RMSprop' or 'Adam', got {self.optimizer_name!r}")
