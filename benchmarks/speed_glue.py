@@ -10,8 +10,8 @@ pbmc_cite_2batch (RNA in X, 14 antibodies in obsm, treated as two unpaired files
 antibody linked to the gene(s) encoding it, batch = obs["batch"]).
 
 Each side runs alone in its own process with threads set before anything else:
-* scprob: the defaults of ``scprob integrate`` (PCA/LSI encoder input chosen by
-  ``scprob.data.reduce.add_representation``; ``GLUE(...).train()`` with its default
+* scprob: the defaults of ``scprob integrate`` (``use_rep="auto"``: PCA/LSI encoder input
+  chosen by ``scprob.data.reduce.add_representation``; ``GLUE(...).train()`` with its default
   schedule and early stopping), in this file's ``--worker`` mode;
 * scglue: ``benchmarks/_glue_worker.py`` (tutorial preprocessing, ``fit_SCGLUE`` with
   ``max_epochs`` capped at ``--peer-epochs`` per stage, 60 as in the issue's reference).
@@ -50,8 +50,6 @@ def scprob_worker(seed: int) -> dict:
     import scipy.sparse as sp
 
     import scprob
-    from scprob.data.multimodal import get_glue_registry
-    from scprob.data.reduce import add_representation
     from scprob.metrics import foscttm, label_transfer
     from scprob.models import GLUE
 
@@ -85,12 +83,10 @@ def scprob_worker(seed: int) -> dict:
         mods = {"rna": rna, "prot": prot}
         pairs = (rna.obs_names.to_numpy(), prot.obs_names.to_numpy())
         batch = "batch"
+    scprob.settings.seed = seed
     t0 = time.perf_counter()
     for m in mods.values():
-        GLUE.configure_dataset(m, "NB", use_batch=batch)
-        key = add_representation(m, features=get_glue_registry(m)["features"], seed=seed)
-        if key:
-            GLUE.configure_dataset(m, "NB", use_batch=batch, use_rep=key)
+        GLUE.configure_dataset(m, "NB", use_batch=batch, use_rep="auto")
     prep = time.perf_counter() - t0
     model = GLUE(mods, edges, random_state=seed)
     t0 = time.perf_counter()

@@ -25,9 +25,6 @@ import numpy as np
 import pandas as pd
 
 from scprob.data import DataError
-from scprob.data.multimodal import get_glue_registry
-from scprob.data.reduce import add_representation
-from scprob.nn.prob_models import get_prob_model
 
 from .pipeline import prepare_out, staged_output
 
@@ -189,15 +186,11 @@ def run_integrate(adatas: dict, prob_models: str, out: str | Path, graph_csv: st
     label_keys = _key_for(adatas, labels_key, "--labels-key")
     layers = _key_for(adatas, layer, "--layer", where="layers")
     graph = read_edges(graph_csv) if graph_csv is not None else gtf_graph(adatas, gtf)
+    scprob.settings.seed = seed  # also seeds the PCA / LSI of use_rep="auto"
     for k, a in adatas.items():
-        GLUE.configure_dataset(a, models[k], use_layer=layers[k], use_batch=batches[k])  # labels: never
-        reg = get_glue_registry(a)
-        if rep == "auto" and (get_prob_model(models[k])["is_count"] or models[k] == "Bernoulli"):
-            key = add_representation(a, layer=layers[k], features=reg["features"], seed=seed)
-            if key is not None:
-                log.info("%s: encoder reads %s (%d components)", k, key, a.obsm[key].shape[1])
-                GLUE.configure_dataset(a, models[k], use_layer=layers[k], use_batch=batches[k], use_rep=key)
-    scprob.settings.seed = seed
+        log.info("%s: configuring", k)
+        GLUE.configure_dataset(a, models[k], use_layer=layers[k], use_batch=batches[k],  # labels: never
+                               use_rep="auto" if rep == "auto" else None)
     model = GLUE(adatas, graph, random_state=seed)  # raises if the graph misses features
     log.info("guidance graph: %d vertices, %d edges (with self-loops)", len(model.vertices), len(model.edges))
 

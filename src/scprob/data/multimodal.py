@@ -52,6 +52,20 @@ def configure_dataset(adata, prob_model: str, use_highly_variable: bool = True, 
         dup = pd.Index(features)[pd.Index(features).duplicated()][:5].tolist()
         raise DataError(f"feature names must be unique (duplicated: {dup}); call adata.var_names_make_unique().")
     check_values(adata, use_layer, features, prob_model, spec)
+    batches = _categories(check_obs_column(adata, use_batch, "use_batch", True)) if use_batch else []
+    cell_types: list[str] = []
+    if use_cell_type:
+        if use_cell_type not in adata.obs.columns:
+            raise DataError(f"use_cell_type {use_cell_type!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
+        cell_types = _categories(adata.obs[use_cell_type].dropna())  # NaN: unlabelled cells
+    if use_rep == "auto":  # after every check: no PCA/LSI is computed for data that will be refused
+        from .._settings import settings
+        from .reduce import add_representation
+
+        use_rep = (add_representation(adata, use_layer, features, seed=settings.seed)
+                   if spec["is_count"] or prob_model == "Bernoulli" else None)
+        if use_rep is not None:
+            log.info("encoder reads adata.obsm[%r] (%d components)", use_rep, adata.obsm[use_rep].shape[1])
     rep_dim = None
     if use_rep is not None:
         if use_rep not in adata.obsm:
@@ -60,12 +74,6 @@ def configure_dataset(adata, prob_model: str, use_highly_variable: bool = True, 
         if rep.ndim != 2 or not np.isfinite(rep).all():
             raise DataError(f"adata.obsm[{use_rep!r}] must be a finite 2-D array.")
         rep_dim = int(rep.shape[1])
-    batches = _categories(check_obs_column(adata, use_batch, "use_batch", True)) if use_batch else []
-    cell_types: list[str] = []
-    if use_cell_type:
-        if use_cell_type not in adata.obs.columns:
-            raise DataError(f"use_cell_type {use_cell_type!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
-        cell_types = _categories(adata.obs[use_cell_type].dropna())  # NaN: unlabelled cells
     reg = dict(
         model_name="GLUE", scprob_version=_version(), prob_model=prob_model, use_highly_variable=bool(use_highly_variable),
         use_layer=use_layer, use_rep=use_rep, rep_dim=rep_dim, use_batch=use_batch, batch_categories=batches,

@@ -153,7 +153,10 @@ class GLUE:
         :func:`scprob.register_prob_model`).  Features: ``var["highly_variable"]`` when
         ``use_highly_variable`` and the column exists, else all.  ``use_layer``: where the
         data are (default X).  ``use_rep``: an ``obsm`` key the encoder reads instead of
-        the data (e.g. PCA / LSI); the decoder still models the data.  ``use_batch``: obs
+        the data (e.g. PCA / LSI); the decoder still models the data; ``"auto"``
+        computes one for count (and Bernoulli) modalities with
+        :func:`scprob.data.reduce.add_representation` (PCA, or LSI for mostly-binary
+        counts; none for at most 100 features), after the data are validated.  ``use_batch``: obs
         column of batches (batch-specific decoder parameters).  ``use_cell_type``: obs
         column of cell types for optional supervision (NaN = unlabelled).
         ``use_obs_names``: cells with the same obs name in two modalities are the same
