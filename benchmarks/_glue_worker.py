@@ -94,18 +94,7 @@ ROOT = os.path.dirname(HERE)
 DATA = args.data_dir or os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 from _adt_genes import ADT_GENES  # noqa: E402  (shared with speed_glue.py)
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident set (VmHWM); not ru_maxrss, which survives fork+exec."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024**2
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+from _proc import peak_rss_gb  # noqa: E402
 
 
 def seed_all(seed: int) -> None:

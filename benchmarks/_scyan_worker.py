@@ -13,7 +13,6 @@ Threads are fixed before anything else imports torch's thread pools.
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 import warnings
@@ -43,16 +42,7 @@ import pandas as pd  # noqa: E402
 warnings.filterwarnings("ignore")
 
 
-def peak_rss_gb() -> float:
-    """This process's peak resident set (VmHWM); not ru_maxrss, which survives fork+exec."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024**2
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+from _proc import peak_rss_gb  # noqa: E402
 
 
 def read_table(path) -> pd.DataFrame:

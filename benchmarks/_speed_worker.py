@@ -3,24 +3,10 @@ Runs under either environment (scprob's, or benchmarks/.envs/scvi for the peer).
 
 import argparse
 import json
-import resource
 import time
 
 import numpy as np
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident set (VmHWM).  Not ru_maxrss: on Linux that survives
-    fork+exec and would report the parent's size."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024**2
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
+from _proc import peak_rss_gb  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("impl", choices=["scprob", "scvi"])

@@ -22,16 +22,12 @@ import anndata as ad  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from _proc import peak_rss_gb  # noqa: E402
 
 import scprob  # noqa: E402
 from scprob.models import Scyan  # noqa: E402
 
 torch.set_num_threads(args.threads)
-
-
-def vmhwm_gb() -> float:
-    with open("/proc/self/status") as fh:
-        return next(int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:")) / 1024**2
 
 
 adata, table = scprob.data.load_aml()
@@ -40,11 +36,11 @@ x, z = model.sample(args.n_cells, return_z=True)
 big = ad.AnnData(x, var=pd.DataFrame(index=model.markers))
 truth = np.asarray(model.populations, dtype=object)[z]
 del x
-before = vmhwm_gb()
+before = peak_rss_gb()
 t0 = time.perf_counter()
 pred = model.predict(big, key_added=None)
 secs = time.perf_counter() - t0
-after = vmhwm_gb()
+after = peak_rss_gb()
 acc = float(np.mean(pred.astype(object).to_numpy() == truth))
 print(f"cells {args.n_cells:,} x {big.n_vars} markers ({big.X.nbytes / 1e9:.3f} GB of data), threads {args.threads}")
 print(f"predict {secs:.1f} s ({args.n_cells / secs:,.0f} cells/s), accuracy vs sampled population {acc:.4f}")
