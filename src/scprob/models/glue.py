@@ -224,8 +224,8 @@ class GLUE:
                 for k, w in self.balancing_weights_.items():
                     stores[k].tensors[DSC_WEIGHT] = torch.as_tensor(w, dtype=torch.float32, device=device)
                 self.module.train()
-            plan = AdversarialTrainingPlan(self.module, lr=lr, lam_align=lam_align, align_burnin=stage_burnin, burnin_noise=burnin_noise, optimizer=optimizer,
-                                           epoch_offset=offset, loss_kwargs=loss_kwargs)
+            plan = AdversarialTrainingPlan(self.module, lr=lr, lam_align=lam_align, align_burnin=stage_burnin,
+                                           burnin_noise=burnin_noise, optimizer=optimizer, loss_kwargs=loss_kwargs)
             callbacks = list(user_callbacks)
             if early_stopping and has_val:
                 callbacks.append(RelativeEarlyStopping("validation_loss", patience=patience, min_delta_rel=0.01,
@@ -234,8 +234,8 @@ class GLUE:
             trainer = run_training(plan, train_loader, val_loader, max_epochs=budget, accelerator=accelerator,
                                    devices=devices, enable_progress_bar=enable_progress_bar, callbacks=callbacks,
                                    **trainer_kwargs)
-            for key, rows in plan.history.items():
-                history.setdefault(key, []).extend(rows)
+            for key, rows in plan.history.items():  # a later stage continues the epoch numbering
+                history.setdefault(key, []).extend((offset + epoch, value) for epoch, value in rows)
             history.setdefault("stage", []).extend((offset + i, stage) for i in range(trainer.current_epoch))
             offset += trainer.current_epoch
         self.history_ = {k: pd.DataFrame(v, columns=["epoch", k]).set_index("epoch") for k, v in history.items()}

@@ -23,22 +23,13 @@ from .plan import TrainingPlan, _can_fuse
 
 class AdversarialTrainingPlan(TrainingPlan):
     def __init__(self, module, lr: float = 2e-3, weight_decay: float = 0.0, eps: float = 1e-8, lam_align: float = 0.05,
-                 align_burnin: int = 0, burnin_noise: float = 1.5, epoch_offset: int = 0, loss_kwargs: dict | None = None, **kwargs):
+                 align_burnin: int = 0, burnin_noise: float = 1.5, loss_kwargs: dict | None = None, **kwargs):
         kwargs.setdefault("n_epochs_kl_warmup", None)
         super().__init__(module, lr=lr, weight_decay=weight_decay, eps=eps, **kwargs)
         self.automatic_optimization = False
         self.lam_align, self.align_burnin, self.burnin_noise = float(lam_align), int(align_burnin), float(burnin_noise)
-        self.epoch_offset = int(epoch_offset)
         self.loss_kwargs = dict(loss_kwargs or {})
         self.adversarial = len(module.keys) > 1 and self.lam_align > 0
-
-    def _flush(self, split: str) -> None:
-        # epochs of a later stage continue the numbering of the earlier ones
-        before = {k: len(v) for k, v in self.history.items()}
-        super()._flush(split)
-        for k, rows in self.history.items():
-            for i in range(before.get(k, 0), len(rows)):
-                rows[i] = (rows[i][0] + self.epoch_offset, rows[i][1])
 
     def _losses(self, batch):
         inf, _, lo = self.module(batch, loss_kwargs=self.loss_kwargs)
