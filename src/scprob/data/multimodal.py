@@ -142,13 +142,14 @@ class ModalityStore(TensorStore):
         n = adata.n_obs
         b = _codes(adata.obs[reg["use_batch"]], reg["batch_categories"], f"use_batch adata.obs[{reg['use_batch']!r}]", adata) \
             if reg["use_batch"] else np.zeros(n, dtype=np.int64)
-        db = (np.asarray([(dsc_batches or []).index(reg["batch_categories"][c]) for c in b], dtype=np.int64)
-              if reg["use_batch"] and dsc_batches else np.zeros(n, dtype=np.int64))
+        if reg["use_batch"] and dsc_batches:  # this modality's batch codes -> the union's
+            db = np.asarray([dsc_batches.index(c) for c in reg["batch_categories"]], dtype=np.int64)[b]
+        else:
+            db = np.zeros(n, dtype=np.int64)
         types = cell_types or []
         if reg["use_cell_type"] and reg["use_cell_type"] in adata.obs.columns and types:
             col = adata.obs[reg["use_cell_type"]]
-            lookup = {c: i for i, c in enumerate(types)}
-            lab = np.asarray([lookup.get(str(v), -1) if pd.notna(v) else -1 for v in col], dtype=np.int64)
+            lab = np.where(col.notna().to_numpy(), pd.Index(types).get_indexer(col.astype(str)), -1).astype(np.int64)
         else:
             lab = np.full(n, -1, dtype=np.int64)
         self.tensors = {Keys.BATCH: torch.from_numpy(b).to(self.device), DSC_BATCH: torch.from_numpy(db).to(self.device),
