@@ -2,7 +2,9 @@
 
 from .base import BaseModel
 from .glue import GLUE
+from .pyro_regression import PyroRegression
+from .pyro_scvi import PyroSCVI
 from .scvi import LDVAE, SCVI
 from .scyan import Scyan
 
-__all__ = ["BaseModel", "GLUE", "LDVAE", "SCVI", "Scyan"]
+__all__ = ["BaseModel", "GLUE", "LDVAE", "PyroRegression", "PyroSCVI", "SCVI", "Scyan"]

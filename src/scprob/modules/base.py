@@ -19,6 +19,8 @@ For Pyro, :class:`PyroBaseModule` asks instead for ``model``/``guide`` and a sta
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -126,10 +128,86 @@ class BaseModule(nn.Module, abc.ABC):
         return inf_out, gen_out, self.loss(tensors, inf_out, gen_out, **(loss_kwargs or {}))
 
 
-class PyroBaseModule(nn.Module, abc.ABC):
+def _signature_mismatch(model, guide) -> str | None:
+    """Why ``model`` and ``guide`` cannot be called with the same arguments (``None`` if
+    they can).  A callable taking ``(*args, **kwargs)`` (an automatic guide) accepts any."""
+    import inspect
+
+    def params(fn):
+        sig = inspect.signature(fn)
+        kinds = {p.kind for p in sig.parameters.values()}
+        if {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} <= kinds:
+            return None
+        return [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    pm, pg = params(model), params(guide)
+    if pm is None or pg is None:
+        return None
+    names_m, names_g = [p.name for p in pm], [p.name for p in pg]
+    if names_m == names_g and [p.kind for p in pm] == [p.kind for p in pg]:
+        return None
+    only_m = [n for n in names_m if n not in names_g]
+    only_g = [n for n in names_g if n not in names_m]
+    diff = []
+    if only_m:
+        diff.append(f"only the model takes {only_m}")
+    if only_g:
+        diff.append(f"only the guide takes {only_g}")
+    if not diff:
+        first = next(i for i, (a, b) in enumerate(zip(pm, pg)) if (a.name, a.kind) != (b.name, b.kind))
+        diff.append(
+            f"argument {first + 1} is {pm[first].name!r} ({pm[first].kind.description}) in the model but "
+            f"{pg[first].name!r} ({pg[first].kind.description}) in the guide"
+        )
+    return f"model{inspect.signature(model)} vs guide{inspect.signature(guide)}: " + "; ".join(diff)
+
+
+class _PyroModuleMeta(abc.ABCMeta):
+    """Checks the model/guide signatures once a module's ``__init__`` has finished (the
+    guide may be an attribute built there, e.g. an automatic guide)."""
+
+    def __call__(cls, *args, **kwargs):
+        obj = super().__call__(*args, **kwargs)
+        obj._check_signatures()
+        return obj
+
+
+class PyroBaseModule(nn.Module, abc.ABC, metaclass=_PyroModuleMeta):
     """Base class of Pyro modules: implement ``model``, ``guide`` (same signature) and
     ``_get_fn_args_from_batch(tensors) -> (args, kwargs)``.  Trained by
-    :class:`scprob.train.PyroTrainingPlan` with ``pyro.infer.Trace_ELBO``."""
+    :class:`scprob.train.PyroTrainingPlan` (``Trace_ELBO`` unless another ELBO is chosen).
+
+    **Parameters belong to the module.**  Neural-network weights are ordinary
+    ``nn.Module`` parameters, optimized by the plan's torch optimizer (no ``pyro.module``
+    call is needed).  Everything Pyro keeps in its *global* param store -- ``pyro.param``
+    sites, automatic guides (``AutoNormal``, ``AutoDelta``, which are ``PyroModule`` objects
+    synchronised with that store) -- lives in this module's own store state, which
+    :meth:`param_scope` swaps in around every training step and every inference call.
+    Two modules therefore never read or overwrite each other's parameters, and the
+    user's global store is left as it was.
+
+    **ELBO scale.**  A module whose ``cells`` plate is ``pyro.plate("cells", n_obs,
+    subsample=idx)`` sets ``n_obs``: its ELBO is then the full-data ELBO, with local terms
+    scaled by ``n_obs / batch``, and the plan divides by ``n_obs`` to report and minimize
+    the per-cell value.  With ``n_obs = None`` the plate is the minibatch and the plan
+    divides by the minibatch size.
+
+    **KL warm-up.**  When ``model`` and ``guide`` take a ``kl_weight`` argument the plan
+    passes the warm-up weight (1 in validation); the module scales its local latent
+    sites by it (``pyro.poutine.scale``), which scales ``log p(z) - log q(z)``.
+
+    The model/guide signatures are compared when the module is built: a mismatch (the
+    seed tutorial's ``guide(x, log_library)`` next to ``model(x, library)``) raises a
+    ``TypeError`` naming the difference.  Modules with automatic guides create the
+    guides' parameters in ``__init__`` (see :meth:`_init_guide`), so that the optimizer
+    sees them and ``load_state_dict`` finds them.
+    """
+
+    n_obs: int | None = None
+
+    def __init__(self):
+        super().__init__()
+        self._pyro_param_state: dict = {"params": {}, "constraints": {}}
 
     @staticmethod
     @abc.abstractmethod
@@ -143,3 +221,37 @@ class PyroBaseModule(nn.Module, abc.ABC):
     @abc.abstractmethod
     def guide(self, *args, **kwargs):
         """The variational distribution, in Pyro primitives."""
+
+    def _check_signatures(self) -> None:
+        why = _signature_mismatch(self.model, self.guide)
+        if why is not None:
+            raise TypeError(f"{type(self).__name__}: model and guide must take the same arguments; {why}")
+
+    @property
+    def uses_kl_weight(self) -> bool:
+        """Whether ``model`` (and hence ``guide``) takes the KL warm-up weight."""
+        import inspect
+
+        return "kl_weight" in inspect.signature(self.model).parameters
+
+    @contextmanager
+    def param_scope(self) -> Iterator[dict]:
+        """Inside the block Pyro's global param store holds this module's parameters and
+        nothing else; on exit the module keeps what was created or changed and the store
+        is restored.  Re-entrant."""
+        import pyro
+
+        with pyro.get_param_store().scope(self._pyro_param_state) as state:
+            yield state
+
+    @torch.no_grad()
+    def _init_guide(self, *args, **kwargs) -> None:
+        """Run the guide once on example arguments (module in eval mode, no gradients):
+        automatic guides create their parameters here instead of at the first step."""
+        was_training = self.training
+        self.eval()
+        try:
+            with self.param_scope():
+                self.guide(*args, **kwargs)
+        finally:
+            self.train(was_training)

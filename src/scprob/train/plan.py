@@ -17,6 +17,7 @@ from collections import defaultdict
 import lightning.pytorch as pl
 import torch
 
+from ..data.keys import Keys
 from ..modules.base import LossOutput
 
 
@@ -150,34 +151,181 @@ class TrainingPlan(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.lr_scheduler_metric}}
 
 
+def _elbo_classes() -> dict[str, type]:
+    import pyro.infer
+
+    return {
+        n: c for n in dir(pyro.infer)
+        if isinstance(c := getattr(pyro.infer, n), type) and issubclass(c, pyro.infer.ELBO) and c is not pyro.infer.ELBO
+    }
+
+
+def resolve_elbo(loss_fn=None):
+    """A Pyro ELBO instance from ``None`` (``Trace_ELBO()``), a class name in
+    ``pyro.infer`` (``"TraceMeanField_ELBO"``), an ELBO class, or an instance."""
+    import pyro.infer
+
+    if loss_fn is None:
+        return pyro.infer.Trace_ELBO()
+    if isinstance(loss_fn, pyro.infer.ELBO):
+        return loss_fn
+    classes = _elbo_classes()
+    if isinstance(loss_fn, str):
+        if loss_fn not in classes:
+            raise ValueError(f"loss_fn={loss_fn!r} is not an ELBO in pyro.infer; choose one of {sorted(classes)} or pass an instance")
+        return classes[loss_fn]()
+    if isinstance(loss_fn, type) and issubclass(loss_fn, pyro.infer.ELBO):
+        return loss_fn()
+    raise TypeError(f"loss_fn must be a pyro.infer ELBO (instance, class or name), got {type(loss_fn).__name__}")
+
+
 class PyroTrainingPlan(TrainingPlan):
-    """Stochastic variational inference for :class:`~scprob.modules.PyroBaseModule`:
-    the loss is ``Trace_ELBO`` of (model, guide) divided by the minibatch size."""
+    r"""Stochastic variational inference for :class:`~scprob.modules.PyroBaseModule`.
 
-    def __init__(self, module, loss_fn=None, **kwargs):
-        kwargs.setdefault("n_epochs_kl_warmup", None)
-        super().__init__(module, **kwargs)
-        import pyro
+    Each step estimates the ELBO of (model, guide) on the minibatch with ``loss_fn``
+    (``Trace_ELBO()`` by default; any ``pyro.infer`` ELBO, given as an instance, a class
+    or its name) and minimizes the per-cell negative ELBO
 
-        self.loss_fn = loss_fn or pyro.infer.Trace_ELBO()
+    .. math::
 
-    def _step(self, batch, split: str):
+        \mathcal L = -\widehat{\mathrm{ELBO}} / n,\qquad n = \texttt{module.n\_obs}
+        \ \text{(plate scaled to the data)}\ \text{or the minibatch size}
+
+    with the torch optimizer of :class:`TrainingPlan` over ``module.parameters()`` (Adam,
+    lr, eps, weight decay, optional ReduceLROnPlateau).  ELBOs with a
+    ``differentiable_loss`` (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``TraceEnum_ELBO``,
+    ``Trace_MMD``, ...) train with Lightning's automatic optimization; those that only
+    offer ``loss_and_grads`` (``TraceGraph_ELBO``, ``RenyiELBO``,
+    ``ReweightedWakeSleep``) and the JIT-compiled ones see the module's parameters
+    through ``pyro.module`` and step manually.  KL warm-up: ``kl_weight`` (the schedule
+    of :class:`TrainingPlan`, off by default) is passed to modules whose model takes it;
+    validation always uses 1.  Every step runs inside the module's
+    :meth:`~scprob.modules.PyroBaseModule.param_scope`.
+
+    History per epoch: ``elbo_train`` (the minimized objective: with a KL weight below
+    1 that is the annealed bound), ``elbo_validation`` (negative ELBO per cell, KL weight
+    1), ``train_loss``, ``validation_loss``, ``kl_weight``, ``lr``.
+    """
+
+    def __init__(self, module, loss_fn=None, n_epochs_kl_warmup: int | None = None, **kwargs):
+        from ..modules.base import PyroBaseModule
+
+        if not isinstance(module, PyroBaseModule):
+            raise TypeError(f"PyroTrainingPlan trains a PyroBaseModule, got {type(module).__name__}")
+        super().__init__(module, n_epochs_kl_warmup=n_epochs_kl_warmup, **kwargs)
+        self.loss_fn = resolve_elbo(loss_fn)
+        self._pass_kl = module.uses_kl_weight
+        self._jit = type(self.loss_fn).__name__.startswith("Jit")
+        if self._jit and self._pass_kl and (self.n_epochs_kl_warmup or self.n_steps_kl_warmup):
+            raise ValueError(
+                f"{type(self.loss_fn).__name__} recompiles for every new kl_weight: turn the KL warm-up off "
+                "(n_epochs_kl_warmup=None, n_steps_kl_warmup=None) or use a non-JIT ELBO"
+            )
+        # automatic optimization needs a differentiable loss; JIT ELBOs find parameters only
+        # in the param store, so they go through pyro.module like loss_and_grads-only ELBOs
+        self.automatic_optimization = hasattr(self.loss_fn, "differentiable_loss") and not self._jit
+        if self.automatic_optimization:
+            self._model, self._guide = module.model, module.guide
+        else:
+            self._model, self._guide = _registering(module.model, module), _registering(module.guide, module)
+
+    # --------------------------------------------------------------- steps
+    def _args(self, batch, kl_weight: float) -> tuple[tuple, dict, int]:
         args, kwargs = self.module._get_fn_args_from_batch(batch)
-        n = next(iter(batch.values())).shape[0]
-        elbo_loss = self.loss_fn.differentiable_loss(self.module.model, self.module.guide, *args, **kwargs)
-        lo = LossOutput(loss=elbo_loss / n, reconstruction_loss=elbo_loss.detach().reshape(1), n_obs_minibatch=n)
-        self._accumulate(split, lo)
-        return lo.loss
+        if self._pass_kl:
+            kwargs = {**kwargs, "kl_weight": kl_weight}
+        idx = batch.get(Keys.INDICES)
+        n_batch = int(idx.shape[0]) if idx is not None else int(next(iter(batch.values())).shape[0])
+        return args, kwargs, n_batch
+
+    def _per_cell(self, value, n_batch: int):
+        return value / float(self.module.n_obs or n_batch)
+
+    def _record(self, split: str, per_cell: torch.Tensor, n_batch: int) -> None:
+        vals = torch.stack([per_cell.detach() * n_batch, torch.full_like(per_cell, n_batch), per_cell.detach(), torch.ones_like(per_cell)])
+        acc = self._acc.get(split)
+        self._acc[split] = {"core": vals if acc is None else acc["core"] + vals}
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        args, kwargs, n_batch = self._args(batch, self.kl_weight)
+        if self.automatic_optimization:
+            with self.module.param_scope():
+                loss = self._per_cell(self.loss_fn.differentiable_loss(self._model, self._guide, *args, **kwargs), n_batch)
+            self._record("train", loss, n_batch)
+            return loss
+        opt = self.optimizers()
+        opt.zero_grad()
+        with self.module.param_scope():
+            value = self.loss_fn.loss_and_grads(self._model, self._guide, *args, **kwargs)
+        scale = 1.0 / float(self.module.n_obs or n_batch)
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        opt.step()
+        self._record("train", torch.as_tensor(_first(value) * scale, device=self.device, dtype=torch.float32), n_batch)
+        return None
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "validation")
+        args, kwargs, n_batch = self._args(batch, 1.0)
+        with self.module.param_scope():
+            if self.automatic_optimization:
+                value = self.loss_fn.differentiable_loss(self._model, self._guide, *args, **kwargs)
+            else:
+                value = torch.as_tensor(_first(self.loss_fn.loss(self._model, self._guide, *args, **kwargs)), device=self.device)
+        self._record("validation", self._per_cell(value.float(), n_batch), n_batch)
+
+    def _flush(self, split: str) -> None:
+        acc = self._acc.pop(split, None)
+        if acc is None or self.trainer.sanity_checking:
+            return
+        weighted, n_cells, loss_sum, n_steps = self.trainer.strategy.reduce(acc["core"], reduce_op="sum").tolist()
+        metrics = {f"elbo_{split}": weighted / n_cells}
+        if split == "train":
+            metrics["train_loss"] = loss_sum / n_steps
+            metrics["kl_weight"] = self.kl_weight
+            metrics["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+        else:
+            metrics["validation_loss"] = loss_sum / n_steps
+        for k, v in metrics.items():
+            self.history[k].append((self.current_epoch, float(v)))
+        self.log_dict({k: float(v) for k, v in metrics.items()}, on_epoch=True, on_step=False, sync_dist=False)
+
+    def on_train_epoch_end(self):
+        self._flush("train")
+        if not self.automatic_optimization and self.reduce_lr_on_plateau:
+            value = self.trainer.callback_metrics.get(self.lr_scheduler_metric)
+            if value is not None:
+                self.lr_schedulers().step(float(value))
 
     def configure_optimizers(self):
-        # Pyro creates some parameters lazily; run one guide pass first (see train.fit).
+        from pyro.infer.autoguide import AutoGuide
+
+        lazy = [name or type(m).__name__ for name, m in self.module.named_modules()
+                if isinstance(m, AutoGuide) and getattr(m, "prototype_trace", None) is None]
+        if lazy:
+            raise RuntimeError(
+                f"{type(self.module).__name__}: automatic guide(s) {lazy} have no parameters yet; call "
+                "self._init_guide(<example args>) at the end of the module's __init__ so the optimizer sees them"
+            )
         return super().configure_optimizers()
+
+
+def _first(value) -> float:
+    """The loss of ``loss``/``loss_and_grads`` (ReweightedWakeSleep returns (model, guide) losses)."""
+    return float(value[0] if isinstance(value, tuple) else value)
+
+
+def _registering(fn, module):
+    """``fn`` preceded by ``pyro.module``: the module's parameters appear as param sites
+    (in the module's own param store, see ``param_scope``)."""
+    import pyro
+
+    def wrapped(*args, **kwargs):
+        pyro.module("scprob", module)
+        return fn(*args, **kwargs)
+
+    return wrapped
 
 
 class FlowTrainingPlan(TrainingPlan):
