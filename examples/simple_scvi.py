@@ -4,6 +4,13 @@ trained with scprob's own trainer, in both backends.
     z ~ N(0, I);  rho = softmax(f(z));  x_g ~ NB(l * rho_g, theta_g),  l = sum_g x_g
     q(z | x) = N(m(log1p x), v(log1p x))
 
+Corrected from the tutorial: the Pyro guide takes the model's arguments ``(x, library)``
+(the tutorial's guide took ``log_library`` and used an undefined ``z_scale``: here the
+scale is ``sqrt(v)``), and the PyTorch loss builds the NB from ``log_mu`` and ``theta``
+(the tutorial called ``NegativeBinomial(total_counts=..., total=...)``, arguments that do
+not exist).  No ``pyro.module`` or ``pyro.clear_param_store()``: the plan optimizes the
+module's parameters directly, and each model keeps its own Pyro param store.
+
 Run: python examples/simple_scvi.py   (trains both on the shipped mixology data)
 """
 
@@ -69,7 +76,6 @@ class MyPyroModule(PyroBaseModule):
         return (x, x.sum(1, keepdim=True)), {}
 
     def model(self, x, library):
-        pyro.module("my_scvi", self)
         with pyro.plate("cells", x.shape[0]):
             z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.n_latent), 1.0).to_event(1))
             mu = library * torch.softmax(self.decoder(z), -1)
@@ -77,7 +83,6 @@ class MyPyroModule(PyroBaseModule):
             pyro.sample("obs", dist.NegativeBinomial(total_count=theta, logits=mu.log() - theta.log()).to_event(1), obs=x)
 
     def guide(self, x, library):
-        pyro.module("my_scvi", self)
         with pyro.plate("cells", x.shape[0]):
             x_ = torch.log1p(x)
             scale = self.var_encoder(x_).exp().sqrt() + 1e-4
@@ -100,7 +105,6 @@ class MyModel(BaseModel):
         cls = MyPyroModule if backend == "pyro" else MyModule
         self.module = cls(self.registry["n_vars"], n_latent)
         if backend == "pyro":
-            pyro.clear_param_store()
             self._plan_cls = PyroTrainingPlan
 
 

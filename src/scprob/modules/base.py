@@ -154,11 +154,11 @@ def _signature_mismatch(model, guide) -> str | None:
     if only_g:
         diff.append(f"only the guide takes {only_g}")
     if not diff:
-        first = next(i for i, (a, b) in enumerate(zip(pm, pg)) if (a.name, a.kind) != (b.name, b.kind))
-        diff.append(
-            f"argument {first + 1} is {pm[first].name!r} ({pm[first].kind.description}) in the model but "
-            f"{pg[first].name!r} ({pg[first].kind.description}) in the guide"
-        )
+        i = next(i for i, (a, b) in enumerate(zip(pm, pg)) if (a.name, a.kind) != (b.name, b.kind))
+        if pm[i].name != pg[i].name:
+            diff.append(f"argument {i + 1} is {pm[i].name!r} in the model but {pg[i].name!r} in the guide")
+        else:
+            diff.append(f"{pm[i].name!r} is {pm[i].kind.description} in the model but {pg[i].kind.description} in the guide")
     return f"model{inspect.signature(model)} vs guide{inspect.signature(guide)}: " + "; ".join(diff)
 
 

@@ -196,8 +196,10 @@ class PyroTrainingPlan(TrainingPlan):
     ``differentiable_loss`` (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``TraceEnum_ELBO``,
     ``Trace_MMD``, ...) train with Lightning's automatic optimization; those that only
     offer ``loss_and_grads`` (``TraceGraph_ELBO``, ``RenyiELBO``,
-    ``ReweightedWakeSleep``) and the JIT-compiled ones see the module's parameters
-    through ``pyro.module`` and step manually.  KL warm-up: ``kl_weight`` (the schedule
+    ``ReweightedWakeSleep``) and the JIT-compiled ones (for modules without
+    ``PyroModule`` parts) see the module's parameters through ``pyro.module`` and step
+    manually.  Parameters are the module's own: a ``pyro.param`` site that is not a
+    module parameter is refused after the first step.  KL warm-up: ``kl_weight`` (the schedule
     of :class:`TrainingPlan`, off by default) is passed to modules whose model takes it;
     validation always uses 1.  Every step runs inside the module's
     :meth:`~scprob.modules.PyroBaseModule.param_scope`.
@@ -216,6 +218,15 @@ class PyroTrainingPlan(TrainingPlan):
         self.loss_fn = resolve_elbo(loss_fn)
         self._pass_kl = module.uses_kl_weight
         self._jit = type(self.loss_fn).__name__.startswith("Jit")
+        if self._jit:
+            from pyro.nn import PyroModule
+
+            if any(isinstance(m, PyroModule) for m in module.modules()):
+                raise ValueError(
+                    f"{type(self.loss_fn).__name__} cannot train {type(module).__name__}: it holds PyroModule parameters "
+                    "(e.g. an automatic guide), which the JIT compiler would find twice (as module and as param-store "
+                    f"parameters); use {type(self.loss_fn).__name__[3:]} instead"
+                )
         if self._jit and self._pass_kl and (self.n_epochs_kl_warmup or self.n_steps_kl_warmup):
             raise ValueError(
                 f"{type(self.loss_fn).__name__} recompiles for every new kl_weight: turn the KL warm-up off "
@@ -228,6 +239,7 @@ class PyroTrainingPlan(TrainingPlan):
             self._model, self._guide = module.model, module.guide
         else:
             self._model, self._guide = _registering(module.model, module), _registering(module.guide, module)
+        self._store_checked = False
 
     # --------------------------------------------------------------- steps
     def _args(self, batch, kl_weight: float) -> tuple[tuple, dict, int]:
@@ -246,17 +258,33 @@ class PyroTrainingPlan(TrainingPlan):
         acc = self._acc.get(split)
         self._acc[split] = {"core": vals if acc is None else acc["core"] + vals}
 
+    def _check_store(self) -> None:
+        """After the first step: every tensor the module put in its param store must be one
+        of its parameters (else the optimizer would not train it and save would lose it)."""
+        owned = {id(p) for p in self.module.parameters()}
+        stray = sorted(k for k, v in self.module._pyro_param_state["params"].items() if id(v) not in owned)
+        if stray:
+            raise RuntimeError(
+                f"{type(self.module).__name__} created pyro.param site(s) {stray} that are not module parameters: "
+                "declare them as nn.Parameter (or PyroParam of a PyroModule) so that they are trained and saved"
+            )
+        self._store_checked = True
+
     def training_step(self, batch, batch_idx):
         args, kwargs, n_batch = self._args(batch, self.kl_weight)
         if self.automatic_optimization:
             with self.module.param_scope():
                 loss = self._per_cell(self.loss_fn.differentiable_loss(self._model, self._guide, *args, **kwargs), n_batch)
+            if not self._store_checked:
+                self._check_store()
             self._record("train", loss, n_batch)
             return loss
         opt = self.optimizers()
         opt.zero_grad()
         with self.module.param_scope():
             value = self.loss_fn.loss_and_grads(self._model, self._guide, *args, **kwargs)
+        if not self._store_checked:
+            self._check_store()
         scale = 1.0 / float(self.module.n_obs or n_batch)
         for group in opt.param_groups:
             for p in group["params"]:
