@@ -197,12 +197,18 @@ def test_regression_recovers_planted_slopes(tmp_path):
     adata, slope = _regression_data()
     PyroRegression.setup_anndata(adata, covariate_key="time", layer="log")
     model = PyroRegression(adata)
-    model.train(max_epochs=150, batch_size=100, enable_progress_bar=False)
+    model.train(max_epochs=250, batch_size=100, enable_progress_bar=False)
     df = model.get_coefficients(credible_level=0.9)
     assert list(df.index[:2]) == ["g0", "g1"] and df.attrs["credible_level"] == 0.9
     covered = (df["slope_lower"] <= slope) & (slope <= df["slope_upper"])
     assert covered.mean() >= 0.85
     assert np.corrcoef(df["slope_mean"], slope)[0, 1] > 0.95
+    # not covering by being vague: the posterior sd is close to least squares' standard error
+    t, y = adata.obs["time"].to_numpy(), adata.layers["log"]
+    tc = t - t.mean()
+    resid = y - y.mean(0) - np.outer(tc, tc @ (y - y.mean(0)) / (tc @ tc))
+    se = resid.std(0) / np.sqrt(tc @ tc)
+    assert 0.7 < np.median(df["slope_sd"] / se) < 1.3
     assert (df["slope_lower"] < df["slope_mean"]).all() and (df["slope_mean"] < df["slope_upper"]).all()
     # saved and loaded: the same posterior
     model.save(tmp_path / "r")

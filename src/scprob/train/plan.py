@@ -12,6 +12,7 @@ reduced across ranks once per epoch into ``history``.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 
 import lightning.pytorch as pl
@@ -202,14 +203,18 @@ class PyroTrainingPlan(TrainingPlan):
     module parameter is refused after the first step.  KL warm-up: ``kl_weight`` (the schedule
     of :class:`TrainingPlan`, off by default) is passed to modules whose model takes it;
     validation always uses 1.  Every step runs inside the module's
-    :meth:`~scprob.modules.PyroBaseModule.param_scope`.
+    :meth:`~scprob.modules.PyroBaseModule.param_scope`.  Pyro's validation (shape and
+    support checks, NaN hooks on the gradients: about 5% of a step) runs on the first
+    training step, where a model error shows up, and then only with
+    ``validate_every_step=True``.
 
     History per epoch: ``elbo_train`` (the minimized objective: with a KL weight below
     1 that is the annealed bound), ``elbo_validation`` (negative ELBO per cell, KL weight
     1), ``train_loss``, ``validation_loss``, ``kl_weight``, ``lr``.
     """
 
-    def __init__(self, module, loss_fn=None, n_epochs_kl_warmup: int | None = None, **kwargs):
+    def __init__(self, module, loss_fn=None, n_epochs_kl_warmup: int | None = None, validate_every_step: bool = False,
+                 **kwargs):
         from ..modules.base import PyroBaseModule
 
         if not isinstance(module, PyroBaseModule):
@@ -240,6 +245,7 @@ class PyroTrainingPlan(TrainingPlan):
         else:
             self._model, self._guide = _registering(module.model, module), _registering(module.guide, module)
         self._store_checked = False
+        self.validate_every_step = validate_every_step
 
     # --------------------------------------------------------------- steps
     def _args(self, batch, kl_weight: float) -> tuple[tuple, dict, int]:
@@ -258,6 +264,15 @@ class PyroTrainingPlan(TrainingPlan):
         acc = self._acc.get(split)
         self._acc[split] = {"core": vals if acc is None else acc["core"] + vals}
 
+    def _validation(self):
+        """Pyro's checks (shapes, supports, NaN hooks on gradients) as configured for the
+        first training step; off afterwards unless ``validate_every_step``."""
+        if self.validate_every_step or not self._store_checked:
+            return contextlib.nullcontext()
+        import pyro
+
+        return pyro.validation_enabled(False)
+
     def _check_store(self) -> None:
         """After the first step: every tensor the module put in its param store must be one
         of its parameters (else the optimizer would not train it and save would lose it)."""
@@ -273,7 +288,7 @@ class PyroTrainingPlan(TrainingPlan):
     def training_step(self, batch, batch_idx):
         args, kwargs, n_batch = self._args(batch, self.kl_weight)
         if self.automatic_optimization:
-            with self.module.param_scope():
+            with self.module.param_scope(), self._validation():
                 loss = self._per_cell(self.loss_fn.differentiable_loss(self._model, self._guide, *args, **kwargs), n_batch)
             if not self._store_checked:
                 self._check_store()
@@ -281,7 +296,7 @@ class PyroTrainingPlan(TrainingPlan):
             return loss
         opt = self.optimizers()
         opt.zero_grad()
-        with self.module.param_scope():
+        with self.module.param_scope(), self._validation():
             value = self.loss_fn.loss_and_grads(self._model, self._guide, *args, **kwargs)
         if not self._store_checked:
             self._check_store()
@@ -296,7 +311,7 @@ class PyroTrainingPlan(TrainingPlan):
 
     def validation_step(self, batch, batch_idx):
         args, kwargs, n_batch = self._args(batch, 1.0)
-        with self.module.param_scope():
+        with self.module.param_scope(), self._validation():
             if self.automatic_optimization:
                 value = self.loss_fn.differentiable_loss(self._model, self._guide, *args, **kwargs)
             else:
