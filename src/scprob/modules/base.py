@@ -241,8 +241,16 @@ class PyroBaseModule(nn.Module, abc.ABC, metaclass=_PyroModuleMeta):
         is restored.  Re-entrant."""
         import pyro
 
-        with pyro.get_param_store().scope(self._pyro_param_state) as state:
-            yield state
+        store = pyro.get_param_store()
+        outer = store.get_state()
+        store.clear()
+        store.set_state(self._pyro_param_state)
+        try:
+            yield self._pyro_param_state
+        finally:
+            self._pyro_param_state.update(store.get_state())
+            store.clear()
+            store.set_state(outer)
 
     @torch.no_grad()
     def _init_guide(self, *args, **kwargs) -> None:
