@@ -36,6 +36,8 @@ p.add_argument("--threads", type=int, default=1)
 p.add_argument("--seeds", type=int, nargs="+", default=[0])
 p.add_argument("--peer-epochs", type=int, default=60)
 p.add_argument("--skip-peer", action="store_true")
+p.add_argument("--train-kwargs", default="{}", help="JSON of extra GLUE.train arguments for scprob's side")
+p.add_argument("--model-kwargs", default="{}", help="JSON of extra GLUE(...) arguments for scprob's side")
 p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 args = p.parse_args()
 
@@ -88,9 +90,9 @@ def scprob_worker(seed: int) -> dict:
     for m in mods.values():
         GLUE.configure_dataset(m, "NB", use_batch=batch, use_rep="auto")
     prep = time.perf_counter() - t0
-    model = GLUE(mods, edges, random_state=seed)
+    model = GLUE(mods, edges, random_state=seed, **json.loads(args.model_kwargs))
     t0 = time.perf_counter()
-    model.train(seed=seed, enable_progress_bar=False)
+    model.train(seed=seed, enable_progress_bar=False, **json.loads(args.train_kwargs))
     fit = time.perf_counter() - t0
     keys = list(mods)
     z = {k: model.encode_data(k) for k in keys}
@@ -120,7 +122,8 @@ if args.worker:
 print(f"GLUE on {args.data}, {args.threads} thread(s); peer epochs capped at {args.peer_epochs} per stage")
 print(f"{'seed':>4} {'side':>7} {'fit_s':>8} {'FOSCTTM':>8} {'transfer':>8}  epochs")
 for seed in args.seeds:
-    rows = [run([sys.executable, __file__, "--worker", "--data", args.data, "--threads", str(args.threads), "--seeds", str(seed)])]
+    rows = [run([sys.executable, __file__, "--worker", "--data", args.data, "--threads", str(args.threads), "--seeds", str(seed),
+                 "--train-kwargs", args.train_kwargs, "--model-kwargs", args.model_kwargs])]
     if not args.skip_peer:
         peer = run([str(PEER), str(HERE / "_glue_worker.py"), "--data", args.data, "--threads", str(args.threads),
                     "--seed", str(seed), "--max-epochs-per-stage", str(args.peer_epochs), "--quiet"])

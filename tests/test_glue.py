@@ -520,6 +520,69 @@ def test_encode_data_matches_features_by_name(fitted):
         glue.encode_data("rna", fresh(rna)[:, list(rna.var_names[1:])].copy())
 
 
+def test_link_matrices_follow_cross_modality_edges():
+    rna, atac, edges = configured()
+    edges = edges.copy()
+    edges.loc[0, ["weight", "sign"]] = [0.5, -1]  # gene0 -> peak0 (source gene, target peak)
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    mod = glue.module
+    assert sorted(mod.links) == [("atac", "rna"), ("rna", "atac")]
+    a = mod.link_rna_atac.to_dense()  # atac's linked peaks x rna's genes
+    assert mod.linkidx_rna_atac.tolist() == list(range(72))  # every peak is linked
+    expected = np.zeros((72, 48))
+    for j in range(72):
+        expected[j, j % 48] = 1.0
+    expected[0, 0] = -0.5
+    np.testing.assert_array_equal(a.numpy(), expected)
+    b = mod.link_atac_rna.to_dense()  # rna's genes x atac's peaks: the reverse edges
+    assert b.shape == (48, 72) and b[0, 0] == 1.0 and b[0, 48] == 1.0 and b.sum() == 72
+
+
+def test_link_loss_value_and_gradient_reach_only_the_encoder():
+    rna, atac, edges = configured()
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    mod = glue.module
+    stores = glue._stores(glue.adatas, "cpu")
+    batch = {k: stores[k][torch.arange(40)] for k in stores}
+    mod.train()
+    inf = mod.inference(x={k: b["X"] for k, b in batch.items()}, xrep={})
+    v = mod.g2v().rsample()
+    loss = mod.link_loss(batch, inf, v)
+
+    def by_hand(k, m, vm):  # activity of m's linked features in k's cells vs m's decoder at u_k
+        x = batch[k]["X"]
+        enc = mod.encoders[k]
+        act = (enc.normalize(x, enc.compute_l(x)) @ getattr(mod, f"link_{k}_{m}").to_dense().t()).detach().numpy()
+        px = mod.decoders[m](inf["u"][k], vm, torch.zeros(40, dtype=torch.long), torch.ones(40, 1))
+        pred = px.mean.log().detach().numpy()[:, getattr(mod, f"linkidx_{k}_{m}").numpy()]
+        za, zp = [(a - a.mean(0)) / a.std(0) for a in (act, pred)]
+        return 1.0 - np.mean([np.corrcoef(za[i], zp[i])[0, 1] for i in range(40)])
+
+    expected = (by_hand("rna", "atac", v[48:]) + by_hand("atac", "rna", v[:48])) / 2
+    np.testing.assert_allclose(float(loss.detach()), expected, rtol=1e-4)
+    mod.zero_grad()
+    loss.backward()
+    for k in ("rna", "atac"):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.encoders[k].parameters() if p.ndim == 2)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in mod.decoders.parameters())
+    assert mod.g2v.vrepr.grad is None or mod.g2v.vrepr.grad.abs().sum() == 0
+
+
+def test_link_loss_off_is_the_original_objective():
+    rna, atac, edges = configured()
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    stores = glue._stores(glue.adatas, "cpu")
+    batch = {k: stores[k][torch.arange(40)] for k in stores}
+    glue.module.eval()
+    torch.manual_seed(0)
+    _, _, off = glue.module(batch, loss_kwargs=dict(lam_link=0.0))
+    torch.manual_seed(0)
+    _, _, on = glue.module(batch, loss_kwargs=dict(lam_link=0.2))
+    assert "link_loss" not in off.extra_metrics and "link_loss" in on.extra_metrics
+    link = float(on.extra_metrics["link_loss"]) / on.n_obs_minibatch
+    np.testing.assert_allclose(float(on.loss.detach()), float(off.loss.detach()) + 0.2 * link, rtol=1e-5)
+
+
 def test_untrained_model_encodes_and_is_deterministic():
     rna, atac, edges = configured()
     a = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)

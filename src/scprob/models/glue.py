@@ -170,7 +170,7 @@ class GLUE:
 
     def train(self, max_epochs: int | None = None, batch_size: int = 128, train_size: float = 0.9, lr: float = 2e-3,
               lam_data: float = 1.0, lam_kl: float = 1.0, lam_graph: float = 0.02, lam_align: float = 0.05,
-              lam_sup: float = 0.02, modality_weight: Mapping[str, float] | None = None, neg_samples: int = 1,
+              lam_sup: float = 0.02, lam_link: float = 0.2, modality_weight: Mapping[str, float] | None = None, neg_samples: int = 1,
               align_burnin: int | None = None, burnin_noise: float = 1.5, optimizer: str = "RMSprop", balance: bool = True,
               early_stopping: bool = True, patience: int | None = None, seed: int | None = None, accelerator: str = "auto", devices: int | str = 1,
               enable_progress_bar: bool = True, **trainer_kwargs) -> None:
@@ -181,8 +181,10 @@ class GLUE:
         progress made so far for ``patience`` epochs (default: a tenth of the budget, at
         least 8).  ``align_burnin``: epochs over which the discriminator's input noise
         (``burnin_noise`` standard deviations at the start) fades to none (default a tenth
-        of the budget).  ``optimizer``: "RMSprop" (default) or "Adam", both networks.  ``lam_*`` weigh the terms of the objective (see
-        :mod:`scprob.modules.glue`); ``modality_weight`` the modalities' data terms.
+        of the budget).  ``optimizer``: "RMSprop" (default) or "Adam", both networks.
+        ``lam_*`` weigh the terms of the objective (see :mod:`scprob.modules.glue`):
+        ``lam_link`` the linked-feature consistency across modalities (0 gives GLUE's
+        original objective); ``modality_weight`` the modalities' data terms.
         """
         import lightning.pytorch as pl
 
@@ -208,7 +210,7 @@ class GLUE:
         budget = default_max_epochs(n_max, batch_size) if max_epochs is None else int(max_epochs)
         patience = max(8, budget // 10) if patience is None else int(patience)
         burnin = max(1, budget // 10) if align_burnin is None else int(align_burnin)
-        loss_kwargs = dict(lam_data=lam_data, lam_kl=lam_kl, lam_graph=lam_graph, lam_sup=lam_sup,
+        loss_kwargs = dict(lam_data=lam_data, lam_kl=lam_kl, lam_graph=lam_graph, lam_sup=lam_sup, lam_link=lam_link,
                            modality_weight=dict(modality_weight or {}))
         history: dict[str, list] = {}
         offset = 0

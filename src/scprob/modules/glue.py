@@ -36,11 +36,29 @@ and for the graph, per edge, with positives ``E+`` (drawn by weight) and negativ
 (``v`` is global: its KL is spread over the vertices, each of which is scored through
 many cells and edges, so that it regularizes without washing the embeddings out),
 
-    vae_loss = lam_data * sum_k w_k x_elbo_k + lam_graph * K * g_elbo + lam_sup * sup_loss
+    vae_loss = lam_data * sum_k w_k x_elbo_k + lam_graph * K * g_elbo
+               + lam_link * link_loss + lam_sup * sup_loss
 
 where ``w_k`` are modality weights (normalized to sum 1), ``K`` the number of modalities
 and ``sup_loss`` the cross-entropy of a linear cell-type classifier on ``u`` over the
-labelled cells (optional supervision).  A discriminator ``D(u, b)`` predicts each cell's
+labelled cells (optional supervision).
+
+``link_loss`` (not in the GLUE paper) uses the graph's edges *between* modalities
+directly.  For modalities ``k != m`` with links ``A_km`` (``m``'s linked features x
+``k``'s features, entries ``s_ij w_ij``), a minibatch of ``k``'s cells has
+
+    activity   a = normalize_k(x_k) A_km^T           (what k's data say about m's features)
+    prediction p = log E[x_m | u_k, v_m]            (m's decoder at k's embeddings; the
+                                                     mean itself for non-count data)
+
+Both are standardized per feature over the minibatch and each cell's rows are compared::
+
+    link_loss = mean_{(k, m) linked} mean_cells (1 - corr(a_cell, p_cell))
+
+Only ``k``'s encoder learns from it (``m``'s decoder and ``v`` are held fixed): it
+places each cell where the other modality's decoder predicts what the cell's own
+linked features show, which adversarial alignment alone does not (on small data, a
+discriminator matches the two distributions but not the pairing within them).  A discriminator ``D(u, b)`` predicts each cell's
 modality from its embedding (and its batch); with per-cell balancing weights ``c``::
 
     dsc_loss = sum_cells c * CE(D(u, b), k) / n_cells
@@ -51,6 +69,8 @@ The discriminator minimizes ``lam_align * dsc_loss``; the encoders and decoders 
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +85,19 @@ from .base import BaseModule, LossOutput
 GRAPH = "_graph"  # key of the edge minibatch in a multi-modality batch
 XREP = "xrep"  # a modality's precomputed representation (use_rep)
 DSC_WEIGHT = "dsc_weight"  # per-cell balancing weight of the discriminator loss
+
+
+def _standardize(a: torch.Tensor) -> torch.Tensor:
+    """Columns centred and scaled to unit variance over the rows (a constant column -> 0)."""
+    a = a - a.mean(0)
+    return a / (a.square().mean(0) + 1e-8).sqrt()
+
+
+def _row_corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b``."""
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / ((a.square().sum(1) + 1e-8).sqrt() * (b.square().sum(1) + 1e-8).sqrt())
 
 
 class Discriminator(nn.Module):
@@ -117,6 +150,7 @@ class GLUEModule(BaseModule):
         self.encoders = nn.ModuleDict()
         self.decoders = nn.ModuleDict()
         self.n_features: dict[str, int] = {}
+        self._is_count: dict[str, bool] = {}
         self._vslice: dict[str, slice | None] = {}
         for k, m in modalities.items():
             spec = get_prob_model(m["prob_model"])
@@ -128,10 +162,67 @@ class GLUEModule(BaseModule):
             # a contiguous block of vertices is sliced (no gather, no scatter in backward)
             self._vslice[k] = slice(vs[0], vs[0] + len(vs)) if vs == list(range(vs[0], vs[0] + len(vs))) else None
             self.n_features[k] = int(m["n_features"])
+            self._is_count[k] = bool(spec["is_count"])
+        self._build_links(modalities, eidx, ewt, esgn)
         self.g2v = GraphEncoder(n_vertices, latent_dim, eidx, ewt, esgn)
         self.v2g = GraphDecoder()
         self.discriminator = Discriminator(latent_dim, len(self.keys), n_dsc_batches, h_depth, h_dim, dropout)
         self.classifier = nn.Linear(latent_dim, n_labels) if n_labels > 1 else None
+
+    def _build_links(self, modalities: dict[str, dict], eidx: torch.Tensor, ewt: torch.Tensor, esgn: torch.Tensor) -> None:
+        """Cross-modality link matrices ``A_km`` (linked features of ``m`` x features of
+        ``k``, entries ``s_ij w_ij``) from the graph's edges between two modalities'
+        features (a feature both modalities share links to itself by its self-loop)."""
+        self.links: list[tuple[str, str]] = []
+        n_v = int(max(int(eidx.max()) + 1 if eidx.numel() else 0, *(max(m["vertices"]) + 1 for m in modalities.values())))
+        pos = {}
+        for k, m in modalities.items():  # vertex -> position among k's features (-1: not k's)
+            p = torch.full((n_v,), -1, dtype=torch.long)
+            p[torch.as_tensor(m["vertices"], dtype=torch.long)] = torch.arange(len(m["vertices"]))
+            pos[k] = p
+        val = (ewt * esgn).float()
+        for k in modalities:
+            for m in modalities:
+                if k == m:
+                    continue
+                col, row = pos[k][eidx[0]], pos[m][eidx[1]]
+                keep = (col >= 0) & (row >= 0)
+                if not bool(keep.any()):
+                    continue
+                linked, rows = torch.unique(row[keep], return_inverse=True)
+                a = torch.sparse_coo_tensor(torch.stack([rows, col[keep]]), val[keep], (len(linked), len(modalities[k]["vertices"])),
+                                            check_invariants=False).coalesce()
+                with warnings.catch_warnings():  # torch flags sparse CSR as beta
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.register_buffer(f"link_{k}_{m}", a.to_sparse_csr(), persistent=False)
+                self.register_buffer(f"linkidx_{k}_{m}", linked, persistent=False)
+                self.links.append((k, m))
+
+    def link_loss(self, tensors, inference_outputs, v: torch.Tensor) -> torch.Tensor | None:
+        """Linked-feature consistency (``link_loss`` in the module docstring); ``None``
+        when no minibatch has a modality with cross-modality links."""
+        terms = []
+        for k, m in self.links:
+            if k not in inference_outputs["u"] or k not in tensors:
+                continue
+            x = tensors[k][Keys.X]
+            if x.shape[0] < 3:
+                continue
+            enc = self.encoders[k]
+            with torch.no_grad():
+                l = enc.compute_l(x)
+                act = (getattr(self, f"link_{k}_{m}") @ enc.normalize(x, l).t()).t()
+            u = inference_outputs["u"][k]
+            dec = self.decoders[m]
+            frozen = {n: p.detach() for n, p in dec.named_parameters()}
+            vm = self.feature_embeddings(v, m).detach()
+            b0 = torch.zeros(u.shape[0], dtype=torch.long, device=u.device)
+            lib = u.new_ones(u.shape[0], 1)
+            px = torch.func.functional_call(dec, frozen, (u, vm, b0, lib))
+            mean = px.mean.index_select(1, getattr(self, f"linkidx_{k}_{m}"))
+            pred = mean.clamp_min(1e-12).log() if self._is_count[m] else mean
+            terms.append(1.0 - _row_corr(_standardize(act), _standardize(pred)).mean())
+        return torch.stack(terms).mean() if terms else None
 
     def vertices(self, key: str) -> torch.Tensor:
         return getattr(self, f"vidx_{key}")
@@ -168,7 +259,7 @@ class GLUEModule(BaseModule):
         return dict(qv=qv, v=v, px=px, pg=pg)
 
     def loss(self, tensors, inference_outputs, generative_outputs, lam_data: float = 1.0, lam_kl: float = 1.0,
-             lam_graph: float = 0.02, lam_sup: float = 0.02, modality_weight: dict | None = None) -> LossOutput:
+             lam_graph: float = 0.02, lam_sup: float = 0.02, lam_link: float = 0.0, modality_weight: dict | None = None) -> LossOutput:
         qu, px = inference_outputs["qu"], generative_outputs["px"]
         prior = Normal(0.0, 1.0)
         weights = {k: float((modality_weight or {}).get(k, 1.0)) for k in qu}
@@ -197,6 +288,11 @@ class GLUEModule(BaseModule):
             g_elbo = g_nll + lam_kl * g_kl
             loss = loss + lam_graph * len(qu) * g_elbo
             metrics["g_nll"] = g_nll.detach() * n_cells  # plan divides epoch sums by cells
+        if lam_link > 0 and self.links:
+            ll = self.link_loss(tensors, inference_outputs, generative_outputs["v"])
+            if ll is not None:
+                loss = loss + lam_link * ll
+                metrics["link_loss"] = ll.detach() * n_cells
         if self.classifier is not None and lam_sup > 0:
             sup = self._supervision(tensors, inference_outputs)
             if sup is not None:
