@@ -90,6 +90,8 @@ def test_elbo_choice(counts):
         PyroTrainingPlan(PyroVAE(30, global_guide="AutoNormal"), loss_fn="JitTrace_ELBO")
     with pytest.raises(ValueError, match="global_guide must be None or one of"):
         PyroVAE(30, global_guide="AutoLaplace")
+    with pytest.raises(ValueError, match="_StrayParam.model takes no kl_weight"):
+        PyroTrainingPlan(_StrayParam(), n_epochs_kl_warmup=10)
     assert type(PyroTrainingPlan(PyroVAE(30)).loss_fn).__name__ == "Trace_ELBO"
     # a loss_and_grads-only ELBO (manual optimization) trains too
     m = PyroSCVI(counts, n_latent=3)

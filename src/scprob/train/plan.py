@@ -222,6 +222,11 @@ class PyroTrainingPlan(TrainingPlan):
         super().__init__(module, n_epochs_kl_warmup=n_epochs_kl_warmup, **kwargs)
         self.loss_fn = resolve_elbo(loss_fn)
         self._pass_kl = module.uses_kl_weight
+        if (self.n_epochs_kl_warmup or self.n_steps_kl_warmup) and not self._pass_kl:
+            raise ValueError(
+                f"KL warm-up requested, but {type(module).__name__}.model takes no kl_weight argument to apply it to; "
+                "pass n_epochs_kl_warmup=None or add kl_weight to model and guide"
+            )
         self._jit = type(self.loss_fn).__name__.startswith("Jit")
         if self._jit:
             from pyro.nn import PyroModule
