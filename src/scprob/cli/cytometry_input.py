@@ -31,24 +31,13 @@ class Prepared:
 
 
 def read_input(path: str | Path):
-    """``(adata, kind)`` with kind ``"fcs"``, ``"h5ad"`` or ``"csv"``, read by extension."""
-    path = Path(path)
-    kind = path.suffix.lower().lstrip(".")
-    if kind not in ("fcs", "h5ad", "csv"):
-        raise DataError(f"input {str(path)!r}: unknown extension {path.suffix!r}; expected .fcs, .h5ad or .csv")
-    if not path.is_file():
-        raise DataError(f"input file {path} does not exist")
-    if kind == "fcs":
-        from scprob.data.fcs import read_fcs
+    """``(adata, kind)`` with kind ``"fcs"``, ``"h5ad"`` or ``"csv"``, read by extension
+    (:func:`scprob.data.read_input`: a DataError names a missing, truncated or foreign file)."""
+    from scprob.data.io import input_kind
+    from scprob.data.io import read_input as read_file
 
-        return read_fcs(path), kind
-    if kind == "csv":
-        from scprob.data.cytometry import read_csv
-
-        return read_csv(path), kind
-    import anndata as ad
-
-    return ad.read_h5ad(path), kind
+    kinds = ("fcs", "h5ad", "csv")
+    return read_file(path, kinds=kinds), input_kind(path, kinds)
 
 
 def match_markers(adata, markers: list[str]) -> None:

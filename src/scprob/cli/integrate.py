@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scprob.data import DataError
+from scprob.data import DataError, read_input
 
 from .pipeline import prepare_out, staged_output
 
@@ -36,9 +36,8 @@ MAX_EMBED = 5000  # cells in the joint t-SNE
 
 def read_modalities(paths: list[str | Path]) -> dict:
     """Modality key -> AnnData from two or more ``.h5ad`` files (key: the file's stem) or
-    one ``.h5mu`` file (key: the MuData ``mod`` key), in input order."""
-    import anndata as ad
-
+    one ``.h5mu`` file (key: the MuData ``mod`` key), in input order.  Files are read by
+    :func:`scprob.data.read_input` (a DataError names a truncated or foreign file)."""
     paths = [Path(p) for p in paths]
     for p in paths:
         if not p.is_file():
@@ -50,11 +49,7 @@ def read_modalities(paths: list[str | Path]) -> dict:
     if ".h5mu" in kinds:
         if len(paths) != 1:
             raise DataError("give one .h5mu file (all modalities) or two or more .h5ad files, not both or several .h5mu")
-        try:
-            import mudata
-        except ImportError as e:
-            raise DataError(f"reading {paths[0].name} needs the mudata package: pip install mudata ({e})") from None
-        mdata = _read(paths[0], mudata.read_h5mu)
+        mdata = read_input(paths[0], kinds=("h5mu",))
         adatas = {str(k): mdata.mod[k] for k in mdata.mod}
     else:
         keys = [p.stem for p in paths]
@@ -62,19 +57,10 @@ def read_modalities(paths: list[str | Path]) -> dict:
         if dup:
             raise DataError(f"the modality key is the file name without .h5ad, and {dup} names more than one input: "
                             "rename the files so that their stems differ")
-        adatas = {k: _read(p, ad.read_h5ad) for k, p in zip(keys, paths)}
+        adatas = {k: read_input(p, kinds=("h5ad",)) for k, p in zip(keys, paths)}
     if len(adatas) < 2:
         raise DataError(f"integration needs two or more modalities; {paths[0].name} has {list(adatas)}")
     return adatas
-
-
-def _read(path: Path, reader):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return reader(path)
-    except Exception as e:  # h5py / anndata errors on a file that is not what it claims to be
-        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
 
 def parse_prob_models(spec: str, keys: list[str]) -> dict[str, str]:

@@ -126,12 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                 title="scprob demo: SCVI on mixology (3 lung cancer cell lines, CEL-seq2 vs Drop-seq)",
             )
         else:
-            path = Path(args.data)
-            if not path.exists():
-                raise DataError(f"input file {path} does not exist")
-            import anndata as ad
+            from scprob.data import read_input
 
-            adata = ad.read_h5ad(path)
+            adata = read_input(args.data, kinds=("h5ad",))  # DataError if missing, truncated or not AnnData
             if args.drop_empty_cells:
                 adata = drop_empty_cells(adata, args.layer)
             if args.n_top_genes and args.n_top_genes < adata.n_vars:

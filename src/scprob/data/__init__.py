@@ -11,6 +11,7 @@ from .guidance import (
     read_gtf,
     rna_anchored_guidance_graph,
 )
+from .io import read_input
 from .keys import Keys
 from .loader import BatchLoader, CSRRows, TensorStore, split_indices
 from .registry import check_same_genes, get_registry, setup_anndata, transfer_setup
@@ -35,6 +36,7 @@ __all__ = [
     "get_registry",
     "load_aml",
     "load_mixology",
+    "read_input",
     "setup_anndata",
     "split_indices",
     "transfer_setup",

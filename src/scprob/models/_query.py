@@ -132,12 +132,9 @@ def load_query_data(cls, query_adata, reference, freeze: bool = True, min_gene_o
                        state_dict={k: v.detach().cpu() for k, v in reference.module.state_dict().items()},
                        model_class=type(reference).__name__)
     else:
-        from pathlib import Path
+        from ._files import read_model_file
 
-        path = Path(reference) / "model.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"No saved model at {path}")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = read_model_file(reference, cls.__name__, required=("registry", "init_params", "state_dict"))
     if payload["model_class"] != cls.__name__:
         raise DataError(f"reference is a {payload['model_class']} model, not {cls.__name__}")
     reg = payload["registry"]

@@ -288,22 +288,19 @@ class BaseModel:
     def load(cls, dir_path: str | os.PathLike, adata=None, accelerator: str = "cpu"):
         """Load a saved model onto ``adata`` (which must have the model's genes; its
         batches must be among the model's).  ``adata=None`` uses the saved AnnData."""
-        path = Path(dir_path) / _FILE
-        if not path.exists():
-            raise FileNotFoundError(f"No saved model at {path}")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        if payload["model_class"] != cls.__name__:
-            raise DataError(f"{path} holds a {payload['model_class']} model, not {cls.__name__}.")
+        from ..data.io import read_input
+        from ._files import load_weights, read_model_file
+
+        payload = read_model_file(dir_path, cls.__name__, required=(
+            "state_dict", "init_params", "registry", "history", "is_trained"))  # DataError if corrupt or foreign
         if adata is None:
             h5 = Path(dir_path) / "adata.h5ad"
             if not h5.exists():
                 raise DataError(f"{dir_path} was saved without its AnnData; pass adata=.")
-            import anndata as ad
-
-            adata = ad.read_h5ad(h5)
+            adata = read_input(h5, kinds=("h5ad",))
         cls._setup_loaded(adata, payload["registry"])
         model = cls(adata, **payload["init_params"])
-        model.module.load_state_dict(payload["state_dict"])
+        load_weights(model.module, payload["state_dict"], dir_path)
         model.history_ = payload["history"]
         model.is_trained_ = payload["is_trained"]
         model._load_extra_state(payload.get("extra", {}))

@@ -313,12 +313,11 @@ class GLUE:
     def load(cls, dir_path: str | os.PathLike, adatas: Mapping[str, object]) -> GLUE:
         """Rebuild a saved model on ``adatas`` (modality key -> AnnData holding its
         features); modalities not yet configured get the saved registry."""
+        from ._files import load_weights, read_model_file
+
         path = Path(dir_path) / _FILE
-        if not path.exists():
-            raise FileNotFoundError(f"No saved model at {path}")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("model_class") != "GLUE":
-            raise DataError(f"{path} holds a {payload.get('model_class')} model, not GLUE.")
+        payload = read_model_file(dir_path, "GLUE", weights_only=True, required=(
+            "registries", "edges", "vertices", "state_dict", "init_params", "history", "is_trained"))
         missing, extra = set(payload["registries"]) - set(adatas), set(adatas) - set(payload["registries"])
         if missing or extra:
             raise DataError(f"the model has modalities {sorted(payload['registries'])}; "
@@ -332,7 +331,7 @@ class GLUE:
         model = cls(adatas, pd.DataFrame(payload["edges"]), **payload["init_params"])
         if model.vertices != payload["vertices"]:
             raise DataError(f"{path}: the saved graph's vertices do not rebuild in the same order")
-        model.module.load_state_dict(payload["state_dict"])
+        load_weights(model.module, payload["state_dict"], dir_path)
         model.history_ = {k: pd.DataFrame(rows, columns=["epoch", k]).set_index("epoch") for k, rows in payload["history"].items()}
         model.is_trained_ = payload["is_trained"]
         model.module.eval()
