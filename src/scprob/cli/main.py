@@ -2,7 +2,8 @@
 
     scprob demo [scvi|scyan] [--out DIR] [--max-epochs N]
     scprob fit scvi|ldvae DATA.h5ad --batch-key K [--labels-key K] [--layer L]
-               [--max-epochs N] [--n-latent N] [--gene-likelihood G] [--seed S] --out DIR
+               [--max-epochs N] [--n-latent N] [--gene-likelihood G] [--seed S]
+               [--checkpoint-every N] [--resume] --out DIR
     scprob annotate DATA.(fcs|h5ad|csv) --table TABLE.csv [--cofactor C | --logicle | --no-transform]
                [--no-scale] [--no-compensate] [--batch-key K] [--labels-key K] [--max-epochs N] --out DIR
     scprob integrate A.h5ad B.h5ad [C.h5ad ...] | DATA.h5mu --prob-models NB,NB[,...]
@@ -65,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--n-top-genes", type=int, default=None,
                    help="train on this many highly variable genes (Seurat v3 flavour, across batches)")
     f.add_argument("--drop-empty-cells", action="store_true", help="drop cells with zero counts instead of failing")
+    f.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="write a checkpoint to OUT/checkpoints/ every N epochs (atomic; a killed run loses at most N epochs)")
+    f.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in OUT/checkpoints/ (same other arguments)")
 
     g = sub.add_parser("integrate", parents=[common],
                        help="integrate two or more omics (e.g. scRNA + scATAC) with GLUE through a guidance graph")
@@ -103,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo" and args.out is None:
         args.out = "scprob_demo" if args.model == "scvi" else "scprob_demo_scyan"
     try:
-        prepare_out(args.out, args.overwrite)
+        prepare_out(args.out, args.overwrite, resume=getattr(args, "resume", False))
+        if getattr(args, "checkpoint_every", None) is not None and args.checkpoint_every < 1:
+            raise ValueError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
         if args.command == "annotate":
             metrics = _annotate(args)
         elif args.command == "integrate":
@@ -142,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             metrics = run_pipeline(
                 adata, args.model, args.out, batch_key=args.batch_key, labels_key=args.labels_key, layer=args.layer,
                 max_epochs=args.max_epochs, n_latent=args.n_latent, gene_likelihood=args.gene_likelihood,
-                seed=args.seed, overwrite=args.overwrite,
+                seed=args.seed, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, resume=args.resume,
             )
-    except (DataError, FileExistsError, ValueError, OSError) as e:
+    except (DataError, FileExistsError, ValueError, OSError, FloatingPointError) as e:
         print(f"scprob: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(metrics, indent=2))

@@ -23,8 +23,17 @@ log = logging.getLogger("scprob")
 MODELS = ("scvi", "ldvae")
 
 
-def prepare_out(out: str | Path, overwrite: bool) -> Path:
+CHECKPOINTS = "checkpoints"
+
+
+def prepare_out(out: str | Path, overwrite: bool, resume: bool = False) -> Path:
+    """The output folder, checked: empty or absent unless ``overwrite``; with ``resume`` it
+    must hold ``checkpoints/last.ckpt`` (and only checkpoints, or a finished run's outputs)."""
     out = Path(out)
+    if resume:
+        if not (out / CHECKPOINTS / "last.ckpt").exists():
+            raise FileNotFoundError(f"--resume: no checkpoint in {out / CHECKPOINTS} (run with --checkpoint-every N first)")
+        return out
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"output folder {out} exists and is not empty; pass --overwrite to replace it.")
     return out
@@ -58,9 +67,15 @@ def run_pipeline(
     seed: int = 0,
     overwrite: bool = False,
     title: str | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> dict:
     """Set up, train, evaluate and write ``out/{adata.h5ad, model/, metrics.json,
-    report.html, figures/}``.  Returns the metrics dict."""
+    report.html, figures/}``.  Returns the metrics dict.
+
+    ``checkpoint_every``: keep a checkpoint of training in ``out/checkpoints/`` every that
+    many epochs; ``resume``: continue from the one there (same other arguments).  The
+    checkpoints stay in ``out/checkpoints/`` next to the outputs."""
     import scprob
     from scprob.metrics import integration_metrics
     from scprob.models import LDVAE, SCVI
@@ -69,7 +84,7 @@ def run_pipeline(
 
     if model_name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model_name!r}")
-    out = prepare_out(out, overwrite)
+    out = prepare_out(out, overwrite, resume)
     cls = SCVI if model_name == "scvi" else LDVAE
     scprob.settings.seed = seed
     log.info("[1/5] validating and registering %d cells x %d genes", adata.n_obs, adata.n_vars)
@@ -82,7 +97,12 @@ def run_pipeline(
     with staged_output(out) as tmp:
         log.info("[2/5] training %s", cls.__name__)
         t0 = time.time()
-        model.train(max_epochs=max_epochs, seed=seed)
+        ckdir = out / CHECKPOINTS
+        if checkpoint_every or resume:
+            model.train(max_epochs=max_epochs, seed=seed, checkpoint_dir=ckdir, checkpoint_every_n_epochs=checkpoint_every or 1,
+                        resume_from=ckdir if resume else None)
+        else:
+            model.train(max_epochs=max_epochs, seed=seed)
         train_s = time.time() - t0
         log.info("[3/5] latent representation and metrics")
         latent = model.get_latent_representation()
@@ -116,6 +136,8 @@ def run_pipeline(
         log.info("[5/5] writing outputs")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         model.save(tmp / "model")
+        if (checkpoint_every or resume) and ckdir.exists():
+            shutil.copytree(ckdir, tmp / CHECKPOINTS)  # kept with the outputs
         adata.write_h5ad(tmp / "adata.h5ad", compression="gzip")
         summary = dict(
             model=cls.__name__, cells=adata.n_obs, genes=adata.n_vars, batch_key=batch_key, labels_key=labels_key,

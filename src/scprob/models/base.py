@@ -17,6 +17,8 @@ from ..data import BatchLoader, DataError, TensorStore, get_registry, setup_annd
 from ..data.backed import BackedStore, ChunkedLoader
 from ..data.registry import UNS_KEY
 from ..train import TrainingPlan, history_frames, run_training
+from ..train.checkpoint import EpochCheckpoint, data_fingerprint, read_checkpoint
+from ..train.plan import NonFiniteLossError
 
 _FILE = "model.pt"
 
@@ -162,9 +164,20 @@ class BaseModel:
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
         enable_progress_bar: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_epochs: int = 1,
+        resume_from: str | os.PathLike | None = None,
         **trainer_kwargs,
     ) -> None:
         """Train with Lightning.
+
+        ``checkpoint_dir``: write ``checkpoint_dir/last.ckpt`` every
+        ``checkpoint_every_n_epochs`` epochs (atomically; see :mod:`scprob.train.checkpoint`).
+        ``resume_from``: continue the run whose checkpoint is in that folder (same data,
+        same arguments; its seed, split and epoch budget are taken from the checkpoint) and
+        keep checkpointing there; the result equals an uninterrupted run.  A non-finite
+        loss or gradient stops training with :class:`~scprob.train.plan.NonFiniteLossError`
+        naming the epoch and the terms; the model keeps its last finite weights.
 
         ``max_epochs`` defaults to ``min(400, round(20000 / n_cells * 400))``.  ``plan_kwargs``
         go to :class:`~scprob.train.TrainingPlan` (lr, weight_decay, n_epochs_kl_warmup,
@@ -178,6 +191,14 @@ class BaseModel:
         if self.registry.get("minified"):
             raise ValueError("cannot train on a minified AnnData (its counts were dropped)")
         settings.apply_threads()
+        fingerprint = data_fingerprint(self.adata.obs_names, self.adata.var_names)
+        resumed = None
+        if resume_from is not None:  # checked before any work
+            ckpt_path, resumed = read_checkpoint(resume_from, fingerprint, type(self).__name__)
+            seed, max_epochs = int(resumed["seed"]), int(resumed["max_epochs"]) if max_epochs is None else max_epochs
+            datasplitter_kwargs = dict(datasplitter_kwargs or {}, external_indexing=[
+                resumed["train_indices"].numpy(), resumed["validation_indices"].numpy()])
+            checkpoint_dir = resume_from if checkpoint_dir is None else checkpoint_dir
         seed = settings.seed if seed is None else seed
         pl.seed_everything(seed, verbose=False)
         n = self.adata.n_obs
@@ -210,10 +231,21 @@ class BaseModel:
             raise ValueError("nothing to train: every parameter is frozen (a query with no new batches needs no training)")
         self.module.train()  # Lightning keeps modules in the mode it finds them
         plan = self._plan_cls(self.module, **(self._plan_defaults | (plan_kwargs or {})))
-        run_training(
-            plan, train_loader, val_loader, max_epochs=max_epochs, accelerator=accelerator, devices=devices,
-            early_stopping=early_stopping, enable_progress_bar=enable_progress_bar, **trainer_kwargs,
-        )
+        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+        if checkpoint_dir is not None or resumed is not None:
+            extra = dict(model_class=type(self).__name__, data=fingerprint, seed=int(seed), max_epochs=int(max_epochs),
+                         train_indices=torch.as_tensor(train_idx), validation_indices=torch.as_tensor(val_idx))
+            callbacks.append(EpochCheckpoint(checkpoint_dir, checkpoint_every_n_epochs, extra, [train_loader, val_loader]))
+        try:
+            run_training(
+                plan, train_loader, val_loader, max_epochs=max_epochs, accelerator=accelerator, devices=devices,
+                early_stopping=early_stopping, enable_progress_bar=enable_progress_bar, callbacks=callbacks,
+                ckpt_path=str(ckpt_path) if resumed is not None else None, **trainer_kwargs,
+            )
+        except NonFiniteLossError:
+            self.history_ = history_frames(plan.history)  # the completed epochs; weights are the last finite ones
+            self.module.eval()
+            raise
         self.history_ = history_frames(plan.history)
         self.module.eval()
         self._device = next(self.module.parameters()).device

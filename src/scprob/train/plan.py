@@ -22,6 +22,26 @@ from ..data.keys import Keys
 from ..modules.base import LossOutput
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training met a non-finite loss or gradient (raised by every plan; the model keeps
+    its last finite weights and the history of the completed epochs)."""
+
+
+def _non_finite_terms(lo: LossOutput | None) -> list[str]:
+    if lo is None:
+        return []
+    bad = []
+    for name in ("reconstruction_loss", "kl_local", "kl_global", "extra_metrics"):
+        value = getattr(lo, name)
+        items = value.items() if isinstance(value, dict) else [(name, value)]
+        for key, v in items:
+            if v is not None and not bool(torch.isfinite(torch.as_tensor(v).detach()).all()):
+                bad.append(key)
+    if not bad and not bool(torch.isfinite(lo.loss.detach()).all()):
+        bad.append("loss")
+    return bad
+
+
 def _can_fuse(params: list[torch.Tensor]) -> bool:
     devices = {p.device.type for p in params}
     return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.dtype in (torch.float32, torch.float64) for p in params)
@@ -69,8 +89,58 @@ class TrainingPlan(pl.LightningModule):
             return self.max_kl_weight
         return self.min_kl_weight + span * min(1.0, frac)
 
+    # ------------------------------------------------------------ NaN guard
+    # Every optimizer step is preceded by a check of the gradients (and the training loss
+    # is checked when it is computed): on the CPU the first non-finite value stops
+    # training before the weights change.  On a GPU the check stays on the device (no
+    # per-step synchronisation) and is read once per epoch; the weights then go back to
+    # the snapshot taken at the start of that epoch.
+    def _raise_non_finite(self, what: str, step: int | None = None, epoch: int | None = None) -> None:
+        bad = _non_finite_terms(getattr(self, "_last_lo", None))
+        where = f"epoch {self.current_epoch if epoch is None else epoch}, step {self.global_step if step is None else step}"
+        terms = f"non-finite terms: {', '.join(bad)}" if bad else "the loss terms were finite; the gradient overflowed"
+        raise NonFiniteLossError(
+            f"Training stopped at {where}: the {what} is not finite ({terms}). The model keeps its last finite "
+            f"weights and the history of the completed epochs. Likely fixes: a lower learning rate "
+            f"(plan_kwargs={{'lr': ...}}; it is {getattr(self, 'lr', '?')}); check the input's scale (count "
+            "likelihoods expect raw counts; very large values or a wrong layer overflow the likelihood)."
+        )
+
+    def _on_device_check(self) -> bool:
+        return self.device.type != "cpu"
+
+    def on_train_epoch_start(self) -> None:
+        self._bad_step = None
+        if self._on_device_check():
+            self._snapshot = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))
+        if not self._on_device_check():
+            if not bool(finite):
+                self._raise_non_finite("gradient")
+            return
+        flag = torch.where(finite, torch.full_like(finite, 0, dtype=torch.long), self.global_step + 1)
+        self._bad_step = flag if self._bad_step is None else torch.where(self._bad_step > 0, self._bad_step, flag)
+
+    def _check_epoch(self) -> None:
+        """GPU path: read the device-side flag once per epoch."""
+        if self._on_device_check() and getattr(self, "_bad_step", None) is not None:
+            step = int(self._bad_step)
+            if step > 0:
+                self.module.load_state_dict(self._snapshot)
+                self._acc.pop("train", None)
+                self._raise_non_finite("gradient", step=step - 1)
+
     # ------------------------------------------------------------- metrics
     def _accumulate(self, split: str, lo: LossOutput) -> None:
+        if split == "train":
+            self._last_lo = lo
+            if not self._on_device_check() and not bool(torch.isfinite(lo.loss.detach()).all()):
+                self._raise_non_finite("training loss")
         acc = self._acc.get(split)
         vals = torch.stack(
             [
@@ -127,6 +197,7 @@ class TrainingPlan(pl.LightningModule):
         self._accumulate("validation", lo)
 
     def on_train_epoch_end(self):
+        self._check_epoch()
         self._flush("train")
 
     def on_validation_epoch_end(self):
@@ -340,6 +411,7 @@ class PyroTrainingPlan(TrainingPlan):
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_epoch=True, on_step=False, sync_dist=False)
 
     def on_train_epoch_end(self):
+        self._check_epoch()
         self._flush("train")
         if not self.automatic_optimization and self.reduce_lr_on_plateau:
             value = self.trainer.callback_metrics.get(self.lr_scheduler_metric)

@@ -10,7 +10,7 @@ import warnings
 
 import lightning.pytorch as pl
 import pandas as pd
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 
 
 class EpochProgressBar(Callback):
@@ -116,9 +116,11 @@ def run_training(
     early_stopping_min_delta: float = 0.0,
     enable_progress_bar: bool = True,
     callbacks: list | None = None,
+    ckpt_path: str | None = None,
     **trainer_kwargs,
 ) -> pl.Trainer:
-    """Fit ``plan`` on ``train_loader`` (validating on ``val_loader`` if given)."""
+    """Fit ``plan`` on ``train_loader`` (validating on ``val_loader`` if given);
+    ``ckpt_path`` resumes from a checkpoint of :mod:`scprob.train.checkpoint`."""
     callbacks = list(callbacks or [])
     has_val = val_loader is not None and len(val_loader) > 0
     if early_stopping:
@@ -132,7 +134,7 @@ def run_training(
         callbacks.append(EpochProgressBar(max_epochs))
     kwargs = dict(
         max_epochs=max_epochs, accelerator=accelerator, devices=devices, strategy=strategy,
-        logger=False, enable_checkpointing=False, enable_model_summary=False,
+        logger=False, enable_checkpointing=any(isinstance(cb, Checkpoint) for cb in callbacks), enable_model_summary=False,
         enable_progress_bar=False, num_sanity_val_steps=0, callbacks=callbacks,
         use_distributed_sampler=False,
     )
@@ -146,5 +148,6 @@ def run_training(
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
         # epoch metrics are already summed across ranks by the plan
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
-        trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader if has_val else None)
+        trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader if has_val else None,
+                    ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     return trainer

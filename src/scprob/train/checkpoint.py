@@ -1,0 +1,140 @@
+"""Checkpoints that survive a killed process, and resuming from them.
+
+:class:`EpochCheckpoint` writes ``DIR/last.ckpt`` every ``every_n_epochs`` epochs, after
+the epoch's validation and metrics: Lightning's full training state (weights, optimizer
+and scheduler state, loop position — hence the KL warm-up position —, callback state
+such as early stopping) plus scprob's own part under ``"scprob"``: the plan's history,
+the RNG states (torch, CUDA, numpy, python), the data split and a fingerprint of the
+data.  The file is written under a temporary name in ``DIR`` and renamed into place, so
+``DIR`` never holds a half-written checkpoint: a process killed at any moment loses at
+most the epochs since the last one.
+
+Resuming (``fit(ckpt_path=...)``) restores Lightning's state; the plan then restores the
+history and the RNG states and sets each loader's epoch counter, so the continued run
+draws the same minibatches and dropout masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+
+from ..data.validate import DataError
+
+CKPT = "last.ckpt"
+
+
+def data_fingerprint(obs_names, var_names) -> dict:
+    """What a checkpoint must match: cell and feature counts and hashes of their names."""
+    def digest(names) -> str:
+        return hashlib.sha1("\x00".join(map(str, names)).encode()).hexdigest()
+
+    return dict(n_obs=len(obs_names), n_vars=len(var_names), obs=digest(obs_names), var=digest(var_names))
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return dict(
+        torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        numpy=[np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        python=random.getstate(),
+    )
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    random.setstate(state["python"])
+
+
+class EpochCheckpoint(Checkpoint):
+    """Write ``dirpath/last.ckpt`` atomically every ``every_n_epochs`` epochs.
+
+    ``extra`` (plain values and tensors) is stored under ``checkpoint["scprob"]`` with the
+    RNG states; ``loaders`` get their epoch counter set to the resumed epoch.  A
+    :class:`~lightning.pytorch.callbacks.Checkpoint` so that Lightning calls it after the
+    plan has logged the epoch's metrics.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike | None, every_n_epochs: int = 1, extra: dict | None = None,
+                 loaders: list | None = None):
+        if every_n_epochs < 1:
+            raise ValueError(f"checkpoint_every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        self.every_n_epochs = int(every_n_epochs)
+        self.extra = dict(extra or {})
+        self.loaders = [ld for ld in (loaders or []) if ld is not None]
+        self._resumed_rng: dict | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "EpochCheckpoint"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["scprob"] = dict(self.extra, rng=rng_state(), history={k: list(v) for k, v in pl_module.history.items()})
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        own = checkpoint.get("scprob", {})
+        for k, rows in own.get("history", {}).items():
+            pl_module.history[k] = [tuple(r) for r in rows]
+        self._resumed_rng = own.get("rng")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for loader in self.loaders:  # the loaders draw epoch e's permutation from seed + e
+            if hasattr(loader, "epoch"):
+                loader.epoch = trainer.current_epoch
+        if self._resumed_rng is not None:
+            set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.dirpath is None or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if not trainer.is_global_zero:
+            return
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".tmp", dir=self.dirpath)
+        os.close(fd)
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)
+            with open(tmp, "rb") as fh:  # on disk before the rename makes it the checkpoint
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.dirpath / CKPT)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def read_checkpoint(dir_path: str | os.PathLike, fingerprint: dict | None = None, model_class: str | None = None) -> tuple[Path, dict]:
+    """The checkpoint in ``dir_path`` and its scprob part, checked: readable, written by
+    ``model_class``, and taken on the same data (``fingerprint``)."""
+    path = Path(dir_path) / CKPT
+    if not path.exists():
+        raise DataError(f"no checkpoint to resume from: {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read means a damaged file
+        raise DataError(f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {str(err)[:120]})") from None
+    own = ckpt.get("scprob") if isinstance(ckpt, dict) else None
+    if not own:
+        raise DataError(f"{path} is not a scprob checkpoint")
+    if model_class and own.get("model_class") != model_class:
+        raise DataError(f"checkpoint {path} was written by {own.get('model_class')}, not {model_class}")
+    saved = own.get("data", {})
+    if fingerprint is not None and saved != fingerprint:
+        what = [f"{k} ({saved.get(k)} there, {fingerprint[k]} here)" if k.startswith("n_") else k
+                for k in ("n_obs", "n_vars", "obs", "var") if saved.get(k) != fingerprint[k]]
+        names = {"obs": "cell names", "var": "gene names"}
+        raise DataError(f"checkpoint {path} was taken on other data: " + "; ".join(names.get(w, w) for w in what))
+    return path, own
