@@ -121,10 +121,7 @@ def run_annotate(
         log.info("[3/6] training Scyan (%d populations, %d markers)", len(kt.populations), len(kt.markers))
         t0 = time.time()
         kw = {} if max_epochs is None else {"max_epochs": max_epochs}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*validation_step.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            model.fit(enable_progress_bar=not quiet, **kw)
+        model.fit(enable_progress_bar=not quiet, **kw)
         train_s = time.time() - t0
         log.info("[4/6] annotating cells")
         pops = model.predict()

@@ -183,10 +183,7 @@ def run_integrate(adatas: dict, prob_models: str, out: str | Path, graph_csv: st
     with staged_output(out) as tmp:
         log.info("[2/5] training GLUE")
         t0 = time.time()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*validation_step.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            model.train(max_epochs=max_epochs, seed=seed, enable_progress_bar=not quiet)
+        model.train(max_epochs=max_epochs, seed=seed, enable_progress_bar=not quiet)
         fit_s = time.time() - t0
         hist = model.history
         stages = hist["stage"].iloc[:, 0]

@@ -13,7 +13,9 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 import pandas as pd
 
-from .validate import DataError, check_obs_column, get_matrix, scan_matrix
+from .validate import DataError, check_obs_column, count_profile, get_matrix, log, scan_matrix
+
+MIN_CELLS_PER_BATCH = 10  # fewer cells in a batch: warn (its batch effect is barely identifiable)
 
 UNS_KEY = "_scprob_setup"
 
@@ -107,10 +109,25 @@ def setup_anndata(
         library_log_means=means,
         library_log_vars=[max(v, 1e-4) for v in vars_],
         first_non_integer=scan["first_non_integer"],
+        count_profile=count_profile(scan),
         data_location=scan["where"],
     )
+    if batch_key:
+        _warn_small_batches(codes, batch_cats, batch_key)
     adata.uns[UNS_KEY] = json.dumps(registry)
     return registry
+
+
+def _warn_small_batches(codes: np.ndarray, categories: list[str], batch_key: str) -> None:
+    sizes = np.bincount(codes, minlength=len(categories))
+    small = [(c, int(n)) for c, n in zip(categories, sizes) if n < MIN_CELLS_PER_BATCH]
+    if small:
+        listed = ", ".join(f"{c!r} ({n})" for c, n in small[:10]) + (f" and {len(small) - 10} more" if len(small) > 10 else "")
+        log.warning(
+            "batch_key %r: %d batch(es) have fewer than %d cells: %s. Their batch effects rest on very few cells; "
+            "consider merging them with similar batches or removing them.",
+            batch_key, len(small), MIN_CELLS_PER_BATCH, listed,
+        )
 
 
 def get_registry(adata) -> dict:
@@ -197,6 +214,7 @@ def transfer_setup(adata, registry: dict) -> dict:
     new["minified_keys"] = own.get("minified_keys") if new["minified"] else None
     new["n_obs"] = int(adata.n_obs)
     new["first_non_integer"] = scan["first_non_integer"]
+    new["count_profile"] = count_profile(scan)
     new["data_location"] = scan["where"]
     obs_arrays(adata, new)  # raises on unknown categories
     adata.uns[UNS_KEY] = json.dumps(new)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,6 +12,15 @@ import scipy.sparse as sp
 
 class DataError(ValueError):
     """Raised for invalid user data; the message names what is wrong and where."""
+
+
+log = logging.getLogger("scprob")
+
+# below these, a count likelihood's data are suspicious (see check_counts_for_likelihood)
+LOG_MAX_VALUE = 10.0  # integer data whose largest value is at most this look log-transformed (or rounded after it)
+LOG_MAX_VALUE_FLOAT = 20.0  # non-integer data up to this (log1p of 1e8 is 18.4) look log-transformed
+NORMALIZED_SPREAD = 0.01  # every cell's total within 1% of the median: normalized to a common total
+MIN_CELLS_PROFILE = 20  # fewer cells than this say too little to judge
 
 
 def get_matrix(adata, layer: str | None):
@@ -64,6 +74,7 @@ def scan_matrix(adata, layer: str | None) -> dict:
     where = f"adata.layers[{layer!r}]" if layer else "adata.X"
     totals = np.zeros(adata.n_obs, dtype=np.float64)
     first_non_integer = None
+    max_value = 0.0
     for start, block in iter_row_chunks(X):
         for test, what in (
             (lambda v: ~np.isfinite(v), "a non-finite value (NaN or Inf)"),
@@ -83,7 +94,34 @@ def scan_matrix(adata, layer: str | None) -> dict:
                 r, c = hit
                 first_non_integer = (str(adata.obs_names[start + r]), str(adata.var_names[c]), float(block[r, c]))
         totals[start : start + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
-    return dict(totals=totals, first_non_integer=first_non_integer, where=where)
+        values = block.data if sp.issparse(block) else block
+        if values.size:
+            max_value = max(max_value, float(values.max()))
+    return dict(totals=totals, first_non_integer=first_non_integer, where=where, max_value=max_value)
+
+
+def count_profile(scan: dict) -> dict:
+    """What :func:`check_counts_for_likelihood` needs to tell raw counts from transformed
+    data (kept in the registry): the largest value and the spread of the cell totals."""
+    totals = scan["totals"]
+    if totals.size == 0:
+        return dict(max_value=scan["max_value"], n_cells=0)
+    return dict(max_value=scan["max_value"], n_cells=int(totals.size), total_min=float(totals.min()),
+                total_max=float(totals.max()), total_median=float(np.median(totals)))
+
+
+def _looks(profile: dict | None, integer: bool) -> str | None:
+    """Why the data look transformed rather than raw counts, or None."""
+    if not profile or profile.get("n_cells", 0) < MIN_CELLS_PROFILE:
+        return None
+    med = profile["total_median"]
+    if med > 0 and profile["total_max"] - profile["total_min"] <= NORMALIZED_SPREAD * med:
+        return (f"every cell's total is {med:.6g} (within {NORMALIZED_SPREAD:.0%}): the data look already normalized "
+                "to a common total (e.g. normalize_total)")
+    top = profile["max_value"]
+    if (1.0 < top <= LOG_MAX_VALUE) if integer else (0 < top <= LOG_MAX_VALUE_FLOAT):
+        return f"the largest value is {top:.4g}: the data look log-transformed" + (" and rounded" if integer else "")
+    return None
 
 
 def check_obs_column(adata, key: str, what: str, categorical: bool) -> pd.Series:
@@ -108,24 +146,35 @@ def check_obs_column(adata, key: str, what: str, categorical: bool) -> pd.Series
 
 
 def check_counts_for_likelihood(registry: dict, gene_likelihood: str, is_count: bool) -> None:
+    """Non-integer data under a count likelihood: DataError.  Integer data that look
+    log-transformed (largest value at most 10) or normalized (every cell's total the same)
+    under a count likelihood: one warning on the ``scprob`` logger."""
+    if not is_count:
+        return
     bad = registry.get("first_non_integer")
-    if is_count and bad is not None:
+    why = _looks(registry.get("count_profile"), integer=bad is None)
+    if bad is not None:
         cell, gene, val = bad
         raise DataError(
             f"gene_likelihood={gene_likelihood!r} models counts, but {registry['data_location']} holds "
-            f"non-integer values: first at cell {cell!r}, gene {gene!r} (value {val}). "
+            f"non-integer values: first at cell {cell!r}, gene {gene!r} (value {val})"
+            + (f"; {why}" if why else "") + ". "
             "Pass raw counts (e.g. `layer='counts'`) or use gene_likelihood='normal'."
+        )
+    if why:
+        log.warning(
+            "%s holds integers, but %s; gene_likelihood=%r models raw counts, so the model will fit the wrong "
+            "scale. Pass raw counts (e.g. layer='counts'); ignore this if these are raw counts.",
+            registry.get("data_location", "the data"), why, gene_likelihood,
         )
 
 
 def drop_empty_cells(adata, layer: str | None = None):
     """Return ``adata`` without cells whose total count is zero (logs how many were dropped)."""
-    import logging
-
     totals = row_totals(get_matrix(adata, layer))
     keep = totals > 0
     n_drop = int((~keep).sum())
     if n_drop:
-        logging.getLogger("scprob").warning("Dropped %d cell(s) with zero total counts.", n_drop)
+        log.warning("Dropped %d cell(s) with zero total counts.", n_drop)
         return adata[keep].copy()
     return adata

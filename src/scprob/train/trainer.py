@@ -6,10 +6,13 @@ Lightning is what lets a user move from one CPU to many GPUs or nodes: ``acceler
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 
 import lightning.pytorch as pl
 import pandas as pd
+import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 
 
@@ -102,6 +105,59 @@ def history_frames(history: dict[str, list[tuple[int, float]]]) -> dict[str, pd.
     return out
 
 
+# Lightning's warnings that say nothing to a scprob user (scprob builds the Trainer, the
+# loaders and the epoch metrics itself): ignored while a plan trains, and only then.
+_IGNORED_WARNINGS = (
+    ".*does not have many workers.*",  # scprob's loaders run in-process by design
+    ".*Total length of.*",
+    ".*GPU available but not used.*",  # scprob says it once itself (_note_unused_gpu)
+    ".*TPU available but not used.*",
+    ".*sync_dist=True.*",  # epoch metrics are already summed across ranks by the plan
+    ".*LeafSpec.*",  # a torch deprecation inside Lightning's own code
+    ".*validation_step.*",  # a plan with a validation step, trained without validation data
+    ".*log_every_n_steps.*",  # logger=False: nothing is logged per step
+)
+# Lightning's INFO lines: accelerator banners ("GPU available: False, used: False"),
+# advertisements for its cloud services ("Tip: ... litlogger"), "`Trainer.fit` stopped".
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                      "lightning.fabric.utilities.rank_zero")
+_said: set[str] = set()
+log = logging.getLogger("scprob")
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Build and run a Trainer without Lightning's INFO lines and irrelevant warnings;
+    its errors and other warnings still show.  Logger levels and warning filters are
+    restored on exit.  A Lightning logger set to DEBUG by the user is left alone."""
+    saved = {}
+    for name in _LIGHTNING_LOGGERS:
+        lg = logging.getLogger(name)
+        if logging.DEBUG < lg.getEffectiveLevel() < logging.WARNING:
+            saved[name] = lg.level
+            lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for pattern in _IGNORED_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _note_unused_gpu(trainer: pl.Trainer) -> None:
+    """Say once per process, on the scprob logger, that a GPU is present but training runs on the CPU."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if "gpu" in _said or not isinstance(trainer.accelerator, CPUAccelerator) or not trainer.is_global_zero:
+        return
+    kind = "CUDA" if torch.cuda.is_available() else "MPS" if torch.backends.mps.is_available() else None
+    if kind:
+        _said.add("gpu")
+        log.warning("a %s GPU is available but training runs on the CPU; pass accelerator='gpu' to train on it.", kind)
+
+
 def run_training(
     plan: pl.LightningModule,
     train_loader,
@@ -141,13 +197,9 @@ def run_training(
     kwargs.update(trainer_kwargs)
     if not has_val:
         kwargs["limit_val_batches"] = 0
-    trainer = pl.Trainer(**kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*Total length of.*")
-        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-        # epoch metrics are already summed across ranks by the plan
-        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    with quiet_lightning():
+        trainer = pl.Trainer(**kwargs)
+        _note_unused_gpu(trainer)
         trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader if has_val else None,
                     ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     return trainer
