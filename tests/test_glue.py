@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from lightning.pytorch.callbacks import Callback
 from scipy import stats
 from torch import nn
 
@@ -889,3 +890,59 @@ def test_default_max_epochs():
     assert default_max_epochs(100) == 400  # one step per epoch: capped at 400
     assert default_max_epochs(128 * 20) == 200  # 4000 steps / 20 steps per epoch
     assert default_max_epochs(10**6) == 40  # floor
+
+
+# ------------------------------------------------------------- faults: NaN, resume
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _KillAt(Callback):
+    """Raise at the start of the ``n``-th epoch counted over all stages (a crash)."""
+
+    def __init__(self, n: int):
+        self.n, self.seen = n, 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.seen == self.n:
+            raise _Interrupt
+        self.seen += 1
+
+
+@pytest.mark.parametrize("crash_epoch", [3, 5, 7])  # mid-pretrain, at the stage boundary, mid-fine-tune
+def test_resume_equals_uninterrupted_run(tmp_path, crash_epoch):
+    rna, atac, edges = configured()
+    fit = dict(FIT, max_epochs=5, early_stopping=False, batch_size=32)
+    full = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    full.train(**fit)
+    crashed = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    with pytest.raises(_Interrupt):
+        crashed.train(checkpoint_dir=tmp_path / "ck", callbacks=[_KillAt(crash_epoch)], **fit)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["last.ckpt"]
+    resumed = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    resumed.train(resume_from=tmp_path / "ck", **fit)
+    for key in ("train_loss", "validation_loss"):
+        np.testing.assert_allclose(resumed.history[key].to_numpy(), full.history[key].to_numpy(), rtol=1e-5)
+    assert resumed.history["stage"]["stage"].tolist() == full.history["stage"]["stage"].tolist()
+    np.testing.assert_allclose(resumed.encode_data("rna", rna), full.encode_data("rna", rna), rtol=1e-4, atol=1e-5)
+
+
+def test_resume_refuses_other_data(tmp_path):
+    rna, atac, edges = configured()
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    glue.train(max_epochs=1, early_stopping=False, checkpoint_dir=tmp_path / "ck", **FIT)
+    rna2, atac2, edges2 = configured(n_cells=80)
+    other = GLUE({"rna": rna2, "atac": atac2}, edges2, **SMALL)
+    with pytest.raises(DataError, match=r"modality 'rna': n_obs \(90 there, 80 here\)"):
+        other.train(resume_from=tmp_path / "ck", **FIT)
+
+
+def test_nan_guard_stops_glue_with_finite_weights():
+    rna, atac, edges = configured()
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    with pytest.raises(scprob.train.NonFiniteLossError, match=r"epoch \d+, step \d+"):
+        glue.train(max_epochs=3, early_stopping=False, lr=1e8, **FIT)
+    assert all(torch.isfinite(p).all() for p in glue.module.parameters())
+    assert not glue.is_trained_

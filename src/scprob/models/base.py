@@ -194,7 +194,7 @@ class BaseModel:
         fingerprint = data_fingerprint(self.adata.obs_names, self.adata.var_names)
         resumed = None
         if resume_from is not None:  # checked before any work
-            ckpt_path, resumed = read_checkpoint(resume_from, fingerprint, type(self).__name__)
+            ckpt_path, resumed, _ = read_checkpoint(resume_from, fingerprint, type(self).__name__)
             seed, max_epochs = int(resumed["seed"]), int(resumed["max_epochs"]) if max_epochs is None else max_epochs
             datasplitter_kwargs = dict(datasplitter_kwargs or {}, external_indexing=[
                 resumed["train_indices"].numpy(), resumed["validation_indices"].numpy()])

@@ -38,7 +38,18 @@ from ..data.multimodal import (
 )
 from ..data.validate import DataError
 from ..modules.glue import GLUEModule
-from ..train import AdversarialTrainingPlan, RelativeEarlyStopping, run_training
+from ..train import AdversarialTrainingPlan, NonFiniteLossError, RelativeEarlyStopping, run_training
+from ..train.checkpoint import (
+    CKPT,
+    EpochCheckpoint,
+    data_fingerprint,
+    loader_epochs,
+    read_checkpoint,
+    rng_state,
+    set_loader_epochs,
+    set_rng_state,
+    write_atomic,
+)
 from .base import _versions, write_dir_atomic
 
 log = logging.getLogger("scprob")
@@ -173,7 +184,8 @@ class GLUE:
               lam_sup: float = 0.02, lam_link: float = 0.2, modality_weight: Mapping[str, float] | None = None, neg_samples: int = 1,
               align_burnin: int | None = None, burnin_noise: float = 1.5, optimizer: str = "RMSprop", balance: bool = True,
               early_stopping: bool = True, patience: int | None = None, seed: int | None = None, accelerator: str = "auto", devices: int | str = 1,
-              enable_progress_bar: bool = True, **trainer_kwargs) -> None:
+              enable_progress_bar: bool = True, checkpoint_dir: str | os.PathLike | None = None,
+              checkpoint_every_n_epochs: int = 1, resume_from: str | os.PathLike | None = None, **trainer_kwargs) -> None:
         """Pretrain, balance, fine-tune.
 
         ``max_epochs`` caps each stage (default :func:`default_max_epochs`); early
@@ -185,10 +197,22 @@ class GLUE:
         ``lam_*`` weigh the terms of the objective (see :mod:`scprob.modules.glue`):
         ``lam_link`` the linked-feature consistency across modalities (0 gives GLUE's
         original objective); ``modality_weight`` the modalities' data terms.
+
+        ``checkpoint_dir``: keep ``checkpoint_dir/last.ckpt`` up to date every
+        ``checkpoint_every_n_epochs`` epochs and at the end of each stage (atomic writes);
+        ``resume_from``: continue that run (same data and arguments) to the same result.
+        A non-finite loss or gradient stops training with
+        :class:`~scprob.train.NonFiniteLossError`; the model keeps its last finite weights.
         """
         import lightning.pytorch as pl
 
         settings.apply_threads()
+        fingerprint = {k: data_fingerprint(a.obs_names, a.var_names) for k, a in self.adatas.items()}
+        resumed = ckpt = None
+        if resume_from is not None:  # checked before any work
+            ckpt_path, resumed, ckpt = read_checkpoint(resume_from, fingerprint, "GLUE")
+            seed = int(resumed["seed"])
+            checkpoint_dir = resume_from if checkpoint_dir is None else checkpoint_dir
         seed = settings.seed if seed is None else int(seed)
         pl.seed_everything(seed, verbose=False)
         device = "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
@@ -200,6 +224,9 @@ class GLUE:
             perm = rng.permutation(a.n_obs)
             n_train = int(np.ceil(train_size * a.n_obs)) if train_size < 1 else a.n_obs
             train_idx[k], val_idx[k] = np.sort(perm[:n_train]), np.sort(perm[n_train:])
+        if resumed is not None:
+            train_idx = {k: v.numpy() for k, v in resumed["train_indices"].items()}
+            val_idx = {k: v.numpy() for k, v in resumed["validation_indices"].items()}
         self.train_indices_, self.validation_indices_ = train_idx, val_idx
         sampler = EdgeSampler(*self._edge_tensors, len(self.vertices), neg_samples=neg_samples)
         train_loader = MultiModalLoader(stores, train_idx, batch_size, shuffle=True, seed=seed, sampler=sampler)
@@ -208,6 +235,8 @@ class GLUE:
                                       drop_last_below=1) if has_val else None
         n_max = max(len(v) for v in train_idx.values())
         budget = default_max_epochs(n_max, batch_size) if max_epochs is None else int(max_epochs)
+        if resumed is not None:
+            budget = int(resumed["budget"])
         patience = max(8, budget // 10) if patience is None else int(patience)
         burnin = max(1, budget // 10) if align_burnin is None else int(align_burnin)
         loss_kwargs = dict(lam_data=lam_data, lam_kl=lam_kl, lam_graph=lam_graph, lam_sup=lam_sup, lam_link=lam_link,
@@ -218,11 +247,30 @@ class GLUE:
         if not self.is_trained_:
             self._standardize_inputs(stores, train_idx)
         user_callbacks = list(trainer_kwargs.pop("callbacks", []))
+        loaders = [train_loader, val_loader]
+        extra = dict(model_class="GLUE", data=fingerprint, seed=seed, budget=budget,
+                     train_indices={k: torch.as_tensor(v) for k, v in train_idx.items()},
+                     validation_indices={k: torch.as_tensor(v) for k, v in val_idx.items()})
+        first_stage, resume_stage = 0, None
+        if resumed is not None:
+            history = {k: [tuple(r) for r in rows] for k, rows in resumed["history_before"].items()}
+            offset = int(resumed["offset"])
+            self.balancing_weights_ = {k: v.numpy() for k, v in resumed.get("balancing_weights", {}).items()}
+            if resumed["kind"] == "stage_end":  # the stage is complete: restore and go on with the next
+                self.module.load_state_dict(ckpt["module"])
+                set_loader_epochs(loaders, resumed["loader_epochs"])
+                set_rng_state(resumed["rng"])
+                first_stage = int(resumed["stage_index"]) + 1
+            else:
+                first_stage = resume_stage = int(resumed["stage_index"])
         self.module.train()
-        for stage, stage_burnin in stages:
+        for i, (stage, stage_burnin) in enumerate(stages):
+            if i < first_stage:
+                continue
             if stage == "fine-tune":
-                emb = {k: self._encode_key(stores[k], k) for k in stores}
-                self.balancing_weights_ = balancing_weights(emb, seed=seed)
+                if i != resume_stage:
+                    emb = {k: self._encode_key(stores[k], k) for k in stores}
+                    self.balancing_weights_ = balancing_weights(emb, seed=seed)
                 for k, w in self.balancing_weights_.items():
                     stores[k].tensors[DSC_WEIGHT] = torch.as_tensor(w, dtype=torch.float32, device=device)
                 self.module.train()
@@ -232,15 +280,29 @@ class GLUE:
             if early_stopping and has_val:
                 callbacks.append(RelativeEarlyStopping("validation_loss", patience=patience, min_delta_rel=0.01,
                                                        min_epochs=stage_burnin + patience))
+            stage_extra = dict(extra, stage_index=i, offset=offset, history_before=history,
+                               balancing_weights={k: torch.as_tensor(w) for k, w in self.balancing_weights_.items()})
+            if checkpoint_dir is not None:
+                callbacks.append(EpochCheckpoint(checkpoint_dir, checkpoint_every_n_epochs, stage_extra, loaders))
             log.info("GLUE %s: up to %d epochs", stage, budget)
-            trainer = run_training(plan, train_loader, val_loader, max_epochs=budget, accelerator=accelerator,
-                                   devices=devices, enable_progress_bar=enable_progress_bar, callbacks=callbacks,
-                                   **trainer_kwargs)
-            for key, rows in plan.history.items():  # a later stage continues the epoch numbering
-                history.setdefault(key, []).extend((offset + epoch, value) for epoch, value in rows)
-            history.setdefault("stage", []).extend((offset + i, stage) for i in range(trainer.current_epoch))
+            try:
+                trainer = run_training(plan, train_loader, val_loader, max_epochs=budget, accelerator=accelerator,
+                                       devices=devices, enable_progress_bar=enable_progress_bar, callbacks=callbacks,
+                                       ckpt_path=str(ckpt_path) if i == resume_stage else None, **trainer_kwargs)
+            except NonFiniteLossError:
+                self.history_ = _frames(_merge(history, plan.history, offset))
+                self.module.eval()
+                raise
+            history = _merge(history, plan.history, offset)
+            history.setdefault("stage", []).extend((offset + e, stage) for e in range(trainer.current_epoch))
             offset += trainer.current_epoch
-        self.history_ = {k: pd.DataFrame(v, columns=["epoch", k]).set_index("epoch") for k, v in history.items()}
+            if checkpoint_dir is not None:  # a stage boundary: the next run starts the next stage
+                own = dict(stage_extra, kind="stage_end", history_before=history, offset=offset, rng=rng_state(),
+                           loader_epochs=loader_epochs(loaders))
+                state = {k: v.cpu() for k, v in self.module.state_dict().items()}
+                write_atomic(Path(checkpoint_dir) / CKPT, lambda tmp, own=own, state=state: torch.save(
+                    {"scprob": own, "module": state}, tmp))
+        self.history_ = _frames(history)
         self.module.eval()
         self.is_trained_ = True
 
@@ -340,6 +402,18 @@ class GLUE:
     def __repr__(self) -> str:
         mods = ", ".join(f"{k}: {len(r['features'])} features ({r['prob_model']})" for k, r in self.registries.items())
         return f"GLUE({mods}; {len(self.vertices)} vertices, {len(self.edges)} edges, trained={self.is_trained_})"
+
+
+def _merge(history: dict[str, list], stage_history: dict[str, list], offset: int) -> dict[str, list]:
+    """``history`` with a stage's rows appended, its epochs shifted by ``offset``."""
+    out = {k: list(v) for k, v in history.items()}
+    for key, rows in stage_history.items():
+        out.setdefault(key, []).extend((offset + epoch, value) for epoch, value in rows)
+    return out
+
+
+def _frames(history: dict[str, list]) -> dict[str, pd.DataFrame]:
+    return {k: pd.DataFrame(v, columns=["epoch", k]).set_index("epoch") for k, v in history.items()}
 
 
 def _plain(x):

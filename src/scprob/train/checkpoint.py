@@ -75,50 +75,66 @@ class EpochCheckpoint(Checkpoint):
         self.every_n_epochs = int(every_n_epochs)
         self.extra = dict(extra or {})
         self.loaders = [ld for ld in (loaders or []) if ld is not None]
-        self._resumed_rng: dict | None = None
+        self._resumed: dict | None = None
 
     @property
     def state_key(self) -> str:
         return "EpochCheckpoint"
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["scprob"] = dict(self.extra, rng=rng_state(), history={k: list(v) for k, v in pl_module.history.items()})
+        checkpoint["scprob"] = dict(self.extra, kind="epoch", rng=rng_state(), loader_epochs=loader_epochs(self.loaders),
+                                    history={k: list(v) for k, v in pl_module.history.items()})
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         own = checkpoint.get("scprob", {})
         for k, rows in own.get("history", {}).items():
             pl_module.history[k] = [tuple(r) for r in rows]
-        self._resumed_rng = own.get("rng")
+        self._resumed = own
 
     def on_train_start(self, trainer, pl_module) -> None:
-        for loader in self.loaders:  # the loaders draw epoch e's permutation from seed + e
-            if hasattr(loader, "epoch"):
-                loader.epoch = trainer.current_epoch
-        if self._resumed_rng is not None:
-            set_rng_state(self._resumed_rng)
-            self._resumed_rng = None
+        own = getattr(self, "_resumed", None)
+        if own is not None:  # the loaders draw epoch e's permutation from seed + e
+            set_loader_epochs(self.loaders, own.get("loader_epochs"))
+            set_rng_state(own["rng"])
+            self._resumed = None
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.dirpath is None or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         if not trainer.is_global_zero:
             return
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".tmp", dir=self.dirpath)
-        os.close(fd)
-        try:
-            trainer.save_checkpoint(tmp, weights_only=False)
-            with open(tmp, "rb") as fh:  # on disk before the rename makes it the checkpoint
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.dirpath / CKPT)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomic(self.dirpath / CKPT, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
 
 
-def read_checkpoint(dir_path: str | os.PathLike, fingerprint: dict | None = None, model_class: str | None = None) -> tuple[Path, dict]:
-    """The checkpoint in ``dir_path`` and its scprob part, checked: readable, written by
-    ``model_class``, and taken on the same data (``fingerprint``)."""
+def loader_epochs(loaders: list) -> list[int]:
+    return [int(getattr(ld, "epoch", 0)) for ld in loaders]
+
+
+def set_loader_epochs(loaders: list, epochs: list[int] | None) -> None:
+    for ld, e in zip(loaders, epochs or []):
+        if hasattr(ld, "epoch"):
+            ld.epoch = int(e)
+
+
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, synced, then renamed onto it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:  # on disk before the rename makes it the checkpoint
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_checkpoint(dir_path: str | os.PathLike, fingerprint: dict | None = None,
+                    model_class: str | None = None) -> tuple[Path, dict, dict]:
+    """The checkpoint in ``dir_path``: ``(path, its scprob part, the whole checkpoint)``,
+    checked: readable, written by ``model_class``, taken on the same data (``fingerprint``)."""
     path = Path(dir_path) / CKPT
     if not path.exists():
         raise DataError(f"no checkpoint to resume from: {path} does not exist")
@@ -133,8 +149,16 @@ def read_checkpoint(dir_path: str | os.PathLike, fingerprint: dict | None = None
         raise DataError(f"checkpoint {path} was written by {own.get('model_class')}, not {model_class}")
     saved = own.get("data", {})
     if fingerprint is not None and saved != fingerprint:
-        what = [f"{k} ({saved.get(k)} there, {fingerprint[k]} here)" if k.startswith("n_") else k
-                for k in ("n_obs", "n_vars", "obs", "var") if saved.get(k) != fingerprint[k]]
-        names = {"obs": "cell names", "var": "gene names"}
-        raise DataError(f"checkpoint {path} was taken on other data: " + "; ".join(names.get(w, w) for w in what))
-    return path, own
+        raise DataError(f"checkpoint {path} was taken on other data: " + "; ".join(_mismatch(saved, fingerprint)))
+    return path, own, ckpt
+
+
+def _mismatch(saved: dict, here: dict, prefix: str = "") -> list[str]:
+    """What differs between two fingerprints (or dicts of them, one per modality)."""
+    if here and all(isinstance(v, dict) for v in here.values()):
+        if set(saved) != set(here):
+            return [f"modalities {sorted(saved)} there, {sorted(here)} here"]
+        return [w for k in here for w in _mismatch(saved[k], here[k], f"modality {k!r}: ")]
+    names = {"obs": "cell names", "var": "gene names"}
+    return [prefix + (f"{k} ({saved.get(k)} there, {here[k]} here)" if k.startswith("n_") else names[k])
+            for k in ("n_obs", "n_vars", "obs", "var") if saved.get(k) != here[k]]
