@@ -57,13 +57,10 @@ def _check_archive(path: Path, where: str) -> None:
         raise DataError(f"{where} is empty (0 bytes): {_FIX}.")
     with open(path, "rb") as fh:
         head = fh.read(4)
-    if head[:1] == b"\x80":
-        return  # PyTorch's legacy (pre-1.6, non-zip) format: torch.load decides
-    if head != b"PK\x03\x04":
-        raise DataError(
-            f"{where} is not a model file saved by scprob (not a PyTorch archive; it starts with {head!r}, "
-            f"{size} bytes): {_FIX}."
-        )
+    if head != b"PK\x03\x04":  # scprob saves with torch >= 2.1: always a zip archive
+        what = "a plain pickle or PyTorch's legacy format" if head[:1] == b"\x80" else f"it starts with {head!r}"
+        raise DataError(f"{where} is not a model file saved by scprob (not a PyTorch zip archive: {what}; "
+                        f"{size} bytes): {_FIX}.")
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
