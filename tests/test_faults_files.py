@@ -328,7 +328,7 @@ def test_cli_commands_name_a_truncated_input(tmp_path, capsys):
 
 def test_cli_truncated_input_in_a_subprocess(tmp_path):
     trunc = _truncate(_h5ad(tmp_path))
-    r = subprocess.run([sys.executable, "-m", "scprob.cli.main", "fit", "scvi", str(trunc), "--out", str(tmp_path / "o")],
+    r = subprocess.run([sys.executable, "-m", "scprob.cli", "fit", "scvi", str(trunc), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     assert "scprob: error: cannot read" in r.stderr and "trunc_data.h5ad" in r.stderr and "truncated" in r.stderr
@@ -336,6 +336,18 @@ def test_cli_truncated_input_in_a_subprocess(tmp_path):
 
 
 # ------------------------------------------------------------------ quiet, honest output
+
+def test_cli_fit_output_is_quiet(tmp_path):
+    # a fresh process: Lightning's loggers as Lightning sets them; the CLI no longer raises their levels itself
+    good = _h5ad(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "scprob.cli", "fit", "scvi", str(good), "--batch-key", "batch",
+                        "--max-epochs", "2", "--threads", "1", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    for noise in (*NOISE, "Warning"):
+        assert noise not in r.stdout + r.stderr, noise
+    assert "scprob: [2/5] training SCVI" in r.stderr and "scprob: done" in r.stderr
+
 
 def _log_like(n_cells=60, seed=0):
     """Integer data that are log1p'd counts, rounded: a count likelihood accepts them, with a warning."""
