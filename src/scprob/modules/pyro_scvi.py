@@ -160,7 +160,6 @@ class PyroVAE(PyroBaseModule):
         self.register_buffer("_one", torch.ones(()))
         self.register_buffer("_prior_loc", torch.tensor(float(dispersion_prior[0])))
         self.register_buffer("_prior_scale", torch.tensor(float(dispersion_prior[1])))
-        self.global_guide_name = global_guide
         if global_guide is None:
             self.px_r = nn.Parameter(torch.randn(n_input))
             self.global_guide = None
