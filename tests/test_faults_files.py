@@ -36,11 +36,8 @@ NOISE = ("litlogger", "litmodels", "GPU available", "TPU available", "LeafSpec",
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = scprob.settings._num_threads
-    scprob.settings.num_threads = 1
-    yield
-    scprob.settings.num_threads = old
+def _one_thread(one_thread_module):
+    """Tiny layers: one thread (see conftest.one_thread_module)."""
 
 
 def _scvi_adata(n_cells=60, seed=0):

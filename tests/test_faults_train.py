@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-import scprob
 from scprob.cli.main import main
 from scprob.data import DataError
 from scprob.models import SCVI
@@ -26,12 +25,9 @@ from .conftest import make_counts
 FIT = dict(batch_size=32, enable_progress_bar=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = scprob.settings._num_threads
-    scprob.settings.num_threads = 1
-    yield
-    scprob.settings.num_threads = old
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread_module):
+    """Tiny layers: one thread (see conftest.one_thread_module)."""
 
 
 def model(adata=None):

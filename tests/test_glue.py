@@ -47,14 +47,8 @@ SHIPPED = ["NB", "ZINB", "Poisson", "Normal", "ZIN", "ZILN", "Bernoulli", "Beta"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The tiny layers here gain nothing from a second thread, and with 2 OpenMP threads on
-    # 2 cores shared with another job every op waits on a busy core (measured: ~45 s vs
-    # ~2.5 s for the fit below, identical results).  Restored after the module.
-    old = scprob.settings._num_threads
-    scprob.settings.num_threads = 1
-    yield
-    scprob.settings.num_threads = old
+def _one_thread(one_thread_module):
+    """Tiny layers: one thread (see conftest.one_thread_module)."""
 
 
 # --------------------------------------------------------------------------- helpers

@@ -172,18 +172,21 @@ class TrainingPlan(pl.LightningModule):
             f"kl_local_{split}": kl_local / n_obs,
             f"kl_global_{split}": kl_global / n_obs,
         }
-        if split == "train":
-            metrics["train_loss"] = loss_sum / n_steps
-            metrics["kl_weight"] = self.kl_weight
-            metrics["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
-        else:
-            metrics["validation_loss"] = loss_sum / n_steps
         for k, v in acc.items():
             if k != "core":
                 metrics[f"{k}_{split}"] = float(self.trainer.strategy.reduce(v, reduce_op="sum")) / n_obs
+        self._record_epoch(split, metrics, loss_sum / n_steps)
+
+    def _record_epoch(self, split: str, metrics: dict, mean_loss: float) -> None:
+        """Add the loss (and, for training, the KL weight and lr) to the epoch's metrics,
+        append them to ``history`` and log them once (for EarlyStopping / LR schedulers /
+        user loggers)."""
+        if split == "train":
+            metrics.update(train_loss=mean_loss, kl_weight=self.kl_weight, lr=self.trainer.optimizers[0].param_groups[0]["lr"])
+        else:
+            metrics["validation_loss"] = mean_loss
         for k, v in metrics.items():
             self.history[k].append((self.current_epoch, float(v)))
-        # one log call per epoch, for EarlyStopping / LR schedulers / user loggers
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_epoch=True, on_step=False, sync_dist=False)
 
     # ---------------------------------------------------------------- steps
@@ -399,16 +402,7 @@ class PyroTrainingPlan(TrainingPlan):
         if acc is None or self.trainer.sanity_checking:
             return
         weighted, n_cells, loss_sum, n_steps = self.trainer.strategy.reduce(acc["core"], reduce_op="sum").tolist()
-        metrics = {f"elbo_{split}": weighted / n_cells}
-        if split == "train":
-            metrics["train_loss"] = loss_sum / n_steps
-            metrics["kl_weight"] = self.kl_weight
-            metrics["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
-        else:
-            metrics["validation_loss"] = loss_sum / n_steps
-        for k, v in metrics.items():
-            self.history[k].append((self.current_epoch, float(v)))
-        self.log_dict({k: float(v) for k, v in metrics.items()}, on_epoch=True, on_step=False, sync_dist=False)
+        self._record_epoch(split, {f"elbo_{split}": weighted / n_cells}, loss_sum / n_steps)
 
     def on_train_epoch_end(self):
         self._check_epoch()
