@@ -38,7 +38,7 @@ from ..data.multimodal import (
 )
 from ..data.validate import DataError
 from ..modules.glue import GLUEModule
-from ..train import AdversarialTrainingPlan, NonFiniteLossError, RelativeEarlyStopping, run_training
+from ..train import AdversarialTrainingPlan, NonFiniteLossError, RelativeEarlyStopping, history_frames, run_training
 from ..train.checkpoint import (
     CKPT,
     EpochCheckpoint,
@@ -290,7 +290,7 @@ class GLUE:
                                        devices=devices, enable_progress_bar=enable_progress_bar, callbacks=callbacks,
                                        ckpt_path=str(ckpt_path) if i == resume_stage else None, **trainer_kwargs)
             except NonFiniteLossError:
-                self.history_ = _frames(_merge(history, plan.history, offset))
+                self.history_ = history_frames(_merge(history, plan.history, offset))
                 self.module.eval()
                 raise
             history = _merge(history, plan.history, offset)
@@ -302,7 +302,7 @@ class GLUE:
                 state = {k: v.cpu() for k, v in self.module.state_dict().items()}
                 write_atomic(Path(checkpoint_dir) / CKPT, lambda tmp, own=own, state=state: torch.save(
                     {"scprob": own, "module": state}, tmp))
-        self.history_ = _frames(history)
+        self.history_ = history_frames(history)
         self.module.eval()
         self.is_trained_ = True
 
@@ -410,10 +410,6 @@ def _merge(history: dict[str, list], stage_history: dict[str, list], offset: int
     for key, rows in stage_history.items():
         out.setdefault(key, []).extend((offset + epoch, value) for epoch, value in rows)
     return out
-
-
-def _frames(history: dict[str, list]) -> dict[str, pd.DataFrame]:
-    return {k: pd.DataFrame(v, columns=["epoch", k]).set_index("epoch") for k, v in history.items()}
 
 
 def _plain(x):

@@ -163,21 +163,21 @@ class GLUEModule(BaseModule):
             self._vslice[k] = slice(vs[0], vs[0] + len(vs)) if vs == list(range(vs[0], vs[0] + len(vs))) else None
             self.n_features[k] = int(m["n_features"])
             self._is_count[k] = bool(spec["is_count"])
-        self._build_links(modalities, eidx, ewt, esgn)
+        self._build_links(modalities, self.n_vertices, eidx, ewt, esgn)
         self.g2v = GraphEncoder(n_vertices, latent_dim, eidx, ewt, esgn)
         self.v2g = GraphDecoder()
         self.discriminator = Discriminator(latent_dim, len(self.keys), n_dsc_batches, h_depth, h_dim, dropout)
         self.classifier = nn.Linear(latent_dim, n_labels) if n_labels > 1 else None
 
-    def _build_links(self, modalities: dict[str, dict], eidx: torch.Tensor, ewt: torch.Tensor, esgn: torch.Tensor) -> None:
+    def _build_links(self, modalities: dict[str, dict], n_vertices: int, eidx: torch.Tensor, ewt: torch.Tensor,
+                     esgn: torch.Tensor) -> None:
         """Cross-modality link matrices ``A_km`` (linked features of ``m`` x features of
         ``k``, entries ``s_ij w_ij``) from the graph's edges between two modalities'
         features (a feature both modalities share links to itself by its self-loop)."""
         self.links: list[tuple[str, str]] = []
-        n_v = int(max(int(eidx.max()) + 1 if eidx.numel() else 0, *(max(m["vertices"]) + 1 for m in modalities.values())))
         pos = {}
         for k, m in modalities.items():  # vertex -> position among k's features (-1: not k's)
-            p = torch.full((n_v,), -1, dtype=torch.long)
+            p = torch.full((n_vertices,), -1, dtype=torch.long)
             p[torch.as_tensor(m["vertices"], dtype=torch.long)] = torch.arange(len(m["vertices"]))
             pos[k] = p
         val = (ewt * esgn).float()
@@ -209,9 +209,8 @@ class GLUEModule(BaseModule):
             if x.shape[0] < 3:
                 continue
             enc = self.encoders[k]
-            with torch.no_grad():
-                l = enc.compute_l(x)
-                act = (getattr(self, f"link_{k}_{m}") @ enc.normalize(x, l).t()).t()
+            with torch.no_grad():  # the library size is the one inference computed
+                act = (getattr(self, f"link_{k}_{m}") @ enc.normalize(x, inference_outputs["l"][k]).t()).t()
             u = inference_outputs["u"][k]
             dec = self.decoders[m]
             frozen = {n: p.detach() for n, p in dec.named_parameters()}

@@ -95,9 +95,9 @@ class TrainingPlan(pl.LightningModule):
     # training before the weights change.  On a GPU the check stays on the device (no
     # per-step synchronisation) and is read once per epoch; the weights then go back to
     # the snapshot taken at the start of that epoch.
-    def _raise_non_finite(self, what: str, step: int | None = None, epoch: int | None = None) -> None:
+    def _raise_non_finite(self, what: str, step: int | None = None) -> None:
         bad = _non_finite_terms(getattr(self, "_last_lo", None))
-        where = f"epoch {self.current_epoch if epoch is None else epoch}, step {self.global_step if step is None else step}"
+        where = f"epoch {self.current_epoch}, step {self.global_step if step is None else step}"
         terms = f"non-finite terms: {', '.join(bad)}" if bad else "the loss terms were finite; the gradient overflowed"
         raise NonFiniteLossError(
             f"Training stopped at {where}: the {what} is not finite ({terms}). The model keeps its last finite "
