@@ -14,6 +14,60 @@ import lightning.pytorch as pl
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class HistoryLogger(Logger):
+    """The Trainer's logger: keeps every logged metric in memory as ``(epoch, value)`` rows
+    (the layout of a plan's ``history``), so callbacks that need a logger
+    (``LearningRateMonitor``, ...) work and what they log joins ``model.history``.
+    Writes nothing to disk."""
+
+    def __init__(self):
+        super().__init__()
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self.trainer: pl.Trainer | None = None  # set by run_training: gives each row its epoch
+
+    @property
+    def name(self) -> str:
+        return "scprob"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        epoch = self.trainer.current_epoch if self.trainer is not None else (step or 0)
+        for key, value in metrics.items():
+            if key == "epoch":
+                continue
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                continue
+            self.history.setdefault(key, []).append((int(epoch), value))
+
+
+class WarmupEarlyStopping(EarlyStopping):
+    """Lightning's ``EarlyStopping`` that starts monitoring after ``warmup_epochs`` epochs
+    (scvi-tools' ``early_stopping_warmup_epochs``)."""
+
+    def __init__(self, *args, warmup_epochs: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if warmup_epochs < 0:
+            raise ValueError(f"early_stopping_warmup_epochs must be >= 0, got {warmup_epochs}")
+        self.warmup_epochs = int(warmup_epochs)
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        if trainer.current_epoch < self.warmup_epochs:
+            return
+        super()._run_early_stopping_check(trainer)
 
 
 class EpochProgressBar(Callback):
@@ -115,7 +169,7 @@ _IGNORED_WARNINGS = (
     ".*sync_dist=True.*",  # epoch metrics are already summed across ranks by the plan
     ".*LeafSpec.*",  # a torch deprecation inside Lightning's own code
     ".*validation_step.*",  # a plan with a validation step, trained without validation data
-    ".*log_every_n_steps.*",  # logger=False: nothing is logged per step
+    ".*log_every_n_steps.*",  # plans log once per epoch, never per step
 )
 # Lightning's INFO lines: accelerator banners ("GPU available: False, used: False"),
 # advertisements for its cloud services ("Tip: ... litlogger"), "`Trainer.fit` stopped".
@@ -170,27 +224,46 @@ def run_training(
     early_stopping_monitor: str = "elbo_validation",
     early_stopping_patience: int = 45,
     early_stopping_min_delta: float = 0.0,
+    early_stopping_warmup_epochs: int = 0,
+    early_stopping_mode: str = "min",
     enable_progress_bar: bool = True,
     callbacks: list | None = None,
     ckpt_path: str | None = None,
+    learning_rate_monitor: bool = False,
     **trainer_kwargs,
 ) -> pl.Trainer:
     """Fit ``plan`` on ``train_loader`` (validating on ``val_loader`` if given);
-    ``ckpt_path`` resumes from a checkpoint of :mod:`scprob.train.checkpoint`."""
+    ``ckpt_path`` resumes from a checkpoint of :mod:`scprob.train.checkpoint`.
+
+    Early stopping (scvi-tools' arguments): ``early_stopping_monitor``, ``_patience``,
+    ``_min_delta``, ``_mode`` (``"min"``/``"max"``) and ``_warmup_epochs`` (epochs before
+    monitoring starts).  The Trainer's logger is a :class:`HistoryLogger` unless
+    ``logger=`` is given (``trainer.logger.history`` then holds what callbacks logged);
+    ``learning_rate_monitor=True`` adds Lightning's ``LearningRateMonitor``."""
     callbacks = list(callbacks or [])
     has_val = val_loader is not None and len(val_loader) > 0
     if early_stopping:
+        if early_stopping_mode not in ("min", "max"):
+            raise ValueError(f"early_stopping_mode must be 'min' or 'max', got {early_stopping_mode!r}")
         if not has_val and early_stopping_monitor.endswith("validation"):
             raise ValueError("early_stopping monitors a validation metric: use train_size < 1.")
         callbacks.append(
-            EarlyStopping(monitor=early_stopping_monitor, patience=early_stopping_patience,
-                          min_delta=early_stopping_min_delta, mode="min", check_on_train_epoch_end=False if has_val else True)
+            WarmupEarlyStopping(monitor=early_stopping_monitor, patience=early_stopping_patience,
+                                min_delta=early_stopping_min_delta, mode=early_stopping_mode,
+                                # a training metric exists only once the training epoch has ended
+                                check_on_train_epoch_end=not (has_val and early_stopping_monitor.endswith("validation")),
+                                warmup_epochs=early_stopping_warmup_epochs)
         )
+    if learning_rate_monitor:
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if enable_progress_bar:
         callbacks.append(EpochProgressBar(max_epochs))
     kwargs = dict(
         max_epochs=max_epochs, accelerator=accelerator, devices=devices, strategy=strategy,
-        logger=False, enable_checkpointing=any(isinstance(cb, Checkpoint) for cb in callbacks), enable_model_summary=False,
+        logger=HistoryLogger(), enable_checkpointing=any(isinstance(cb, Checkpoint) for cb in callbacks),
+        enable_model_summary=False,
         enable_progress_bar=False, num_sanity_val_steps=0, callbacks=callbacks,
         use_distributed_sampler=False,
     )
@@ -199,6 +272,9 @@ def run_training(
         kwargs["limit_val_batches"] = 0
     with quiet_lightning():
         trainer = pl.Trainer(**kwargs)
+        for lg in trainer.loggers:
+            if isinstance(lg, HistoryLogger):
+                lg.trainer = trainer
         _note_unused_gpu(trainer)
         trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader if has_val else None,
                     ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
