@@ -159,8 +159,9 @@ def test_query_mapping_on_held_out_protocol(tmp_path, caplog):
     qm.train(max_epochs=50, enable_progress_bar=False)
     changed = [n for n, p in qm.module.named_parameters() if not torch_equal(p, before[n])]
     assert changed and set(changed) <= set(qm.query_trainable_)
-    # reference rows untouched
-    for n in qm.query_trainable_:
+    # reference rows of grown parameters untouched
+    assert qm.query_masked_
+    for n in qm.query_masked_:
         assert torch_equal(dict(qm.module.named_parameters())[n][:1], before[n][:1])
     z_ref = rm.get_latent_representation()
     z_q = qm.get_latent_representation()

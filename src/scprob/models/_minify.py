@@ -59,6 +59,6 @@ def minify(model, minified_data_type: str, qzm_key: str, qzv_key: str, inplace: 
     reg = dict(reg, minified=True, minified_type=minified_data_type,
                minified_keys={"qzm": qzm_key, "qzv": qzv_key, "lib": LIB_KEY})
     dst.uns[UNS_KEY] = json.dumps(reg)
-    model.adata = dst
+    model._adata = dst  # not the validating setter: dst is registered just above
     model.registry = reg
     model._stores.clear()

@@ -2,10 +2,12 @@
 
 The query's genes are aligned to the reference by name (missing genes are zero-filled,
 extra genes dropped), its new batches extend the batch categories, the reference weights
-are copied into a module built for the extended categories, and with ``freeze=True``
-only what new batches need is trained: the rows/columns of batch-indexed parameters
-that belong to new batches (gradients of the reference entries are zeroed; no weight
-decay), with encoder batch-norm statistics frozen.
+are copied into a module built for the extended categories, and unless ``unfrozen``
+(scprob's ``freeze=False``) only what new batches need is trained: the rows/columns of
+batch-indexed parameters that belong to new batches (gradients of the reference entries
+are zeroed; no weight decay), plus what scvi-tools' ``freeze_*`` options release (its
+defaults: the library encoder and the decoder's batch-norm weights are trained; encoder
+batch-norm statistics stay the reference's).
 """
 
 from __future__ import annotations
@@ -87,10 +89,39 @@ def extend_registry(reg: dict, query) -> dict:
     return new
 
 
-def transplant(ref_state: dict[str, torch.Tensor], module: torch.nn.Module, freeze: bool) -> list[str]:
+_FREEZE_DEFAULTS = dict(
+    freeze_dropout=False, freeze_expression=True, freeze_decoder_first_layer=True,
+    freeze_batchnorm_encoder=True, freeze_batchnorm_decoder=False, freeze_classifier=True,
+)
+
+
+def _released(name: str, opts: dict) -> bool:
+    """Whether a non-grown reference parameter is trained under scvi-tools' ``freeze_*`` options."""
+    top = name.split(".")[0]
+    encoder = top in ("z_encoder", "l_encoder")
+    first_linear = ".layers.0.linear." in name
+    batchnorm = ".post." in name  # post-activation blocks: BatchNorm1d (+ LayerNorm without weights)
+    if top == "l_encoder":
+        return True  # scvi-tools trains the library encoder of a query in full
+    if encoder and first_linear and not opts["freeze_expression"]:
+        return True
+    if top == "decoder" and first_linear and not opts["freeze_decoder_first_layer"]:
+        return True
+    if batchnorm and encoder and not opts["freeze_batchnorm_encoder"]:
+        return True
+    if batchnorm and top == "decoder" and not opts["freeze_batchnorm_decoder"]:
+        return True
+    return False
+
+
+def transplant(ref_state: dict[str, torch.Tensor], module: torch.nn.Module, freeze: bool,
+               options: dict | None = None) -> list[str]:
     """Copy reference weights into ``module``; parameters that grew (new categories) keep
-    their reference entries and, with ``freeze``, are the only ones trained (with the
-    reference entries' gradients zeroed).  Returns the names of trainable parameters."""
+    their reference entries and, with ``freeze``, only their new entries are trained
+    (the reference entries' gradients zeroed), together with the parameters that
+    ``options`` (scvi-tools' ``freeze_*`` flags, :data:`_FREEZE_DEFAULTS`) release.
+    Returns the names of trainable parameters; ``module.query_masked_`` lists the grown ones."""
+    opts = _FREEZE_DEFAULTS | (options or {})
     state = module.state_dict()
     grown: dict[str, tuple[slice, ...]] = {}
     for name, new in state.items():
@@ -107,47 +138,132 @@ def transplant(ref_state: dict[str, torch.Tensor], module: torch.nn.Module, free
             raise DataError(f"cannot map reference weight {name!r} {tuple(old.shape)} onto {tuple(new.shape)}")
     module.load_state_dict(state)
     params = dict(module.named_parameters())
+    if opts["freeze_dropout"]:
+        for m in module.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    module.query_masked_ = []
     if not freeze:
         return list(params)
     trainable = []
     for name, p in params.items():
-        if name in grown:
+        if _released(name, opts):
+            trainable.append(name)
+        elif name in grown:
             mask = torch.ones_like(p)
             mask[grown[name]] = 0.0
             p.register_hook(lambda g, m=mask: g * m.to(g.device))
             trainable.append(name)
+            module.query_masked_.append(name)
         else:
             p.requires_grad_(False)
     for mname, m in module.named_modules():
-        if isinstance(m, torch.nn.BatchNorm1d) and mname.startswith(("z_encoder", "l_encoder")):
-            m.momentum = 0.0  # encoder statistics stay those of the reference
+        top = mname.split(".")[0]
+        frozen_bn = (top in ("z_encoder", "l_encoder") and opts["freeze_batchnorm_encoder"]) or (
+            top == "decoder" and opts["freeze_batchnorm_decoder"])
+        if isinstance(m, torch.nn.BatchNorm1d) and frozen_bn:
+            m.momentum = 0.0  # running statistics stay those of the reference
     return trainable
 
 
-def load_query_data(cls, query_adata, reference, freeze: bool = True, min_gene_overlap: float = 0.5):
+def _reference_payload(cls, reference) -> dict:
     from .base import BaseModel
 
     if isinstance(reference, BaseModel):
-        payload = dict(registry=reference.registry, init_params=reference.init_params,
-                       state_dict={k: v.detach().cpu() for k, v in reference.module.state_dict().items()},
-                       model_class=type(reference).__name__)
-    else:
-        from ._files import read_model_file
+        if reference.module is None:
+            raise ValueError("the reference model has no module yet (built with adata=None and never given data)")
+        return dict(registry=reference.registry, init_params=reference.init_params,
+                    state_dict={k: v.detach().cpu() for k, v in reference.module.state_dict().items()},
+                    model_class=type(reference).__name__)
+    from ._files import read_model_file
 
-        payload = read_model_file(reference, cls.__name__, required=("registry", "init_params", "state_dict"))
+    return read_model_file(reference, cls.__name__, required=("registry", "init_params", "state_dict"))
+
+
+def subset_query_vars_inplace(query, var_names: list[str]) -> None:
+    """scvi-tools' ``inplace_subset_query_vars``: reorder/subset the query's own genes to
+    the reference's (all of them must be present)."""
+    have = set(map(str, query.var_names))
+    missing = [g for g in var_names if g not in have]
+    if missing:
+        raise DataError(
+            f"inplace_subset_query_vars=True: the query lacks {len(missing)} of the reference's {len(var_names)} "
+            f"genes (e.g. {missing[:5]}); use SCVI.prepare_query_anndata(adata, reference) to zero-fill them, "
+            "or leave inplace_subset_query_vars=False (scprob then aligns a copy)."
+        )
+    if [str(v) for v in query.var_names] != list(var_names):
+        query._inplace_subset_var(pd.Index(var_names))
+
+
+def pad_and_sort_query(adata, var_names: list[str], inplace: bool, min_ratio: float = 0.8):
+    """scvi-tools' ``prepare_query_anndata``: the query with the reference's genes in the
+    reference's order (zeros in X and every layer for missing genes, extra genes dropped);
+    other fields kept.  ``inplace``: the user's object is changed and ``None`` returned."""
+    ref = pd.Index(var_names)
+    have = pd.Index(map(str, adata.var_names))
+    shared = ref.isin(have)
+    if not shared.any():
+        raise DataError(
+            f"the query shares none of the reference's {len(ref)} genes (e.g. reference {list(ref[:3])}, "
+            f"query {list(have[:3])}): check the gene identifiers."
+        )
+    if shared.mean() < min_ratio:
+        log.warning("the query holds %.0f%% of the reference's genes (below %.0f%%): the mapping may be poor.",
+                    100 * shared.mean(), 100 * min_ratio)
+    missing = ref[~shared]
+    out = adata
+    if len(missing):
+        zeros = sp.csr_matrix((adata.n_obs, len(missing)), dtype=np.float32)
+        pad = ad.AnnData(X=zeros, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=missing),
+                         layers={k: zeros.copy() for k in adata.layers})
+        base = adata.copy()
+        base.var_names = have
+        out = ad.concat([base, pad], axis=1, join="outer", merge="unique", uns_merge="first", index_unique=None)
+        out.obs = adata.obs.copy()
+        out.obsm, out.uns = dict(adata.obsm), dict(adata.uns)
+    if list(out.var_names) != list(ref):
+        out = out[:, ref].copy()
+    if not inplace:
+        return out if out is not adata else adata.copy()
+    if out is not adata:
+        adata._init_as_actual(out)
+    return None
+
+
+def prepare_query_anndata(cls, adata, reference_model, return_reference_var_names: bool = False,
+                          inplace: bool = True):
+    names = _reference_payload(cls, reference_model)["registry"]["var_names"]
+    if return_reference_var_names:
+        return pd.Index(names)
+    return pad_and_sort_query(adata, names, inplace)
+
+
+def load_query_data(cls, query_adata, reference, freeze: bool = True, min_gene_overlap: float = 0.5,
+                    inplace_subset_query_vars: bool = False, accelerator: str = "auto", device: int | str = "auto",
+                    options: dict | None = None):
+    payload = _reference_payload(cls, reference)
     if payload["model_class"] != cls.__name__:
         raise DataError(f"reference is a {payload['model_class']} model, not {cls.__name__}")
     reg = payload["registry"]
     args = reg["setup_args"]
-    aligned = align_genes(query_adata, reg["var_names"], args["layer"], min_gene_overlap)
+    if inplace_subset_query_vars:
+        subset_query_vars_inplace(query_adata, reg["var_names"])
+        aligned = query_adata  # scvi-tools: the model reads the user's (subset) object
+    else:
+        aligned = align_genes(query_adata, reg["var_names"], args["layer"], min_gene_overlap)
     new_reg = extend_registry(reg, aligned)
     transfer_setup(aligned, new_reg)
     model = cls(aligned, **payload["init_params"])
-    trainable = transplant(payload["state_dict"], model.module, freeze)
+    trainable = transplant(payload["state_dict"], model.module, freeze, options)
     n_new = len(new_reg["batch_categories"]) - len(reg["batch_categories"])
     log.info("query mapping: %d new batch(es); training %d parameter tensor(s)%s", n_new, len(trainable),
              " (reference frozen)" if freeze else "")
     model.is_trained_ = True  # usable as is (reference encoder); train() adapts to new batches
     model._plan_defaults = dict(weight_decay=0.0) if freeze else {}
     model.query_trainable_ = trainable
+    model.query_masked_ = list(model.module.query_masked_)
+    if isinstance(device, str) and device.startswith("cuda"):
+        model.to_device(device)
+    elif accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        model.to_device("cuda" if device == "auto" else f"cuda:{device}")
     return model

@@ -10,6 +10,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .._settings import settings
@@ -19,6 +20,7 @@ from ..data.registry import UNS_KEY
 from ..train import TrainingPlan, history_frames, run_training
 from ..train.checkpoint import EpochCheckpoint, data_fingerprint, read_checkpoint
 from ..train.plan import NonFiniteLossError
+from ..train.trainer import HistoryLogger
 
 _FILE = "model.pt"
 
@@ -60,18 +62,43 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _append_history(old: dict[str, pd.DataFrame], new: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """scvi-tools' rule for a further ``train()``: the new run's epochs follow the old
+    ones (re-indexed from the last recorded epoch + 1), metric by metric."""
+    if not old:
+        return new
+    last = max((int(df.index.max()) for df in old.values() if len(df)), default=-1)
+    out = dict(old)
+    for key, df in new.items():
+        df = df.copy()
+        df.index = df.index + last + 1
+        df.index.name = "epoch"
+        out[key] = pd.concat([old[key], df]) if key in old else df
+    return out
+
+
+def _prefixed(dir_path: str | os.PathLike, prefix: str | None, name: str) -> Path:
+    return Path(dir_path) / f"{prefix or ''}{name}"
+
+
 class BaseModel:
     """Base of user-facing models.  Subclasses build ``self.module`` in ``__init__`` and
-    record the constructor arguments in ``self.init_params`` (used by ``load``)."""
+    record the constructor arguments in ``self.init_params`` (used by ``load``).
+
+    ``adata=None`` builds an empty model (scvi-tools' convention): assign ``model.adata``
+    later (the module is then built from its registry) or use ``Model.load``."""
 
     _plan_cls = TrainingPlan
 
     def __init__(self, adata):
-        self.adata = adata
-        self.registry = get_registry(adata)
+        self._adata = adata
+        self.registry = get_registry(adata) if adata is not None else None
         self.init_params: dict = {}
         self.history_: dict = {}
         self.is_trained_ = False
+        self.train_indices_: np.ndarray | None = None
+        self.validation_indices_: np.ndarray | None = None
+        self.test_indices_: np.ndarray | None = None
         self._plan_defaults: dict = {}
         self._train_loader_kwargs: dict = {}  # e.g. n_samples_per_epoch
         self._stores: dict[int, tuple[object, TensorStore]] = {}
@@ -98,9 +125,90 @@ class BaseModel:
             model_name=cls.__name__,
         )
 
+    # ------------------------------------------------------------- the data
+    @property
+    def adata(self):
+        """The AnnData the model reads (``None`` for a model built with ``adata=None``).
+        Assigning another AnnData validates it against the model's registry (same genes
+        in the same order; its batches, labels and covariate categories among the model's)
+        and registers it, as scvi-tools does; a model built without AnnData is completed
+        from the assigned one's registry (its ``setup_anndata`` must have been called)."""
+        return self._adata
+
+    @adata.setter
+    def adata(self, adata) -> None:
+        if adata is None:
+            raise ValueError("model.adata cannot be set to None")
+        if self.registry is None:
+            self._adata = adata
+            self.registry = get_registry(adata)
+            self._build_from_registry()
+        else:
+            self.registry = self._register_other(adata)
+            self._adata = adata
+        self._stores.clear()
+
+    def _register_other(self, adata) -> dict:
+        """Register ``adata`` with this model's registry (categories and genes checked)
+        and return the registry it now carries."""
+        return transfer_setup(adata, self.registry)
+
+    def _build_from_registry(self) -> None:
+        """Build ``self.module`` once a model created with ``adata=None`` gets its data."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be completed after construction without data")
+
+    def _require_adata(self) -> None:
+        if self._adata is None:
+            raise ValueError(
+                f"this {type(self).__name__} has no AnnData: assign model.adata = adata (set up with "
+                f"{type(self).__name__}.setup_anndata) or use {type(self).__name__}.load(dir_path, adata)."
+            )
+
     @property
     def history(self):
+        """Per-metric DataFrames indexed by epoch; a further ``train()`` appends its epochs."""
         return self.history_
+
+    @property
+    def train_indices(self) -> np.ndarray | None:
+        """Cells (positions in ``adata``) of the last training split; saved with the model."""
+        return self.train_indices_
+
+    @train_indices.setter
+    def train_indices(self, value) -> None:
+        self.train_indices_ = None if value is None else np.asarray(value, dtype=np.int64)
+
+    @property
+    def validation_indices(self) -> np.ndarray | None:
+        """Cells of the last validation split; saved with the model."""
+        return self.validation_indices_
+
+    @validation_indices.setter
+    def validation_indices(self, value) -> None:
+        self.validation_indices_ = None if value is None else np.asarray(value, dtype=np.int64)
+
+    @property
+    def test_indices(self) -> np.ndarray | None:
+        """Cells in neither split (``train_size + validation_size < 1``); saved with the model."""
+        return self.test_indices_
+
+    @test_indices.setter
+    def test_indices(self, value) -> None:
+        self.test_indices_ = None if value is None else np.asarray(value, dtype=np.int64)
+
+    def view_anndata_setup(self, adata=None, hide_state_registries: bool = False) -> None:
+        """Print how the model reads ``adata`` (default: its own): setup arguments, sizes
+        and the category orders (scvi-tools' ``view_anndata_setup``; ``hide_state_registries``
+        hides the category lists)."""
+        self._require_adata()
+        reg = self._registry_of(adata)
+        print(_describe_registry(reg, type(self).__name__, hide_state_registries))
+
+    @staticmethod
+    def view_setup_args(dir_path: str | os.PathLike, prefix: str | None = None) -> None:
+        """Print the ``setup_anndata`` arguments of a model saved in ``dir_path``."""
+        payload = _read_saved(dir_path, prefix, None)
+        print(_describe_setup_args(payload["registry"], payload["model_class"]))
 
     @property
     def is_trained(self) -> bool:
@@ -118,6 +226,7 @@ class BaseModel:
     def _validate_anndata(self, adata=None):
         """Return an AnnData ready to be read with this model's registry."""
         if adata is None or adata is self.adata:
+            self._require_adata()
             return self.adata
         reg = get_registry(adata) if UNS_KEY in adata.uns else {}
         if any(reg.get(k) != self.registry[k] for k in ("var_names", "batch_categories")):
@@ -188,6 +297,7 @@ class BaseModel:
         """
         import lightning.pytorch as pl
 
+        self._require_adata()
         if self.registry.get("minified"):
             raise ValueError("cannot train on a minified AnnData (its counts were dropped)")
         settings.apply_threads()
@@ -219,6 +329,7 @@ class BaseModel:
                 raise ValueError("external_indexing must hold valid cell indices (train non-empty)")
         else:
             train_idx, val_idx = split_indices(n, train_size, validation_size, seed=seed)
+        test_idx = np.setdiff1d(np.arange(n), np.concatenate([train_idx, val_idx]))
         loader_cls = self._loader_cls(store)
         train_loader = loader_cls(
             store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=3, shard=True, **self._train_loader_kwargs
@@ -226,7 +337,7 @@ class BaseModel:
         val_loader = loader_cls(store, val_idx, batch_size, shuffle=False, shard=True) if len(val_idx) else None
         if len(train_loader) == 0:
             raise DataError(f"Too few cells to train ({len(train_idx)} in the training split).")
-        self.train_indices_, self.validation_indices_ = train_idx, val_idx
+        self.train_indices_, self.validation_indices_, self.test_indices_ = train_idx, val_idx, test_idx
         if not any(p.requires_grad for p in self.module.parameters()):
             raise ValueError("nothing to train: every parameter is frozen (a query with no new batches needs no training)")
         self.module.train()  # Lightning keeps modules in the mode it finds them
@@ -236,20 +347,34 @@ class BaseModel:
             extra = dict(model_class=type(self).__name__, data=fingerprint, seed=int(seed), max_epochs=int(max_epochs),
                          train_indices=torch.as_tensor(train_idx), validation_indices=torch.as_tensor(val_idx))
             callbacks.append(EpochCheckpoint(checkpoint_dir, checkpoint_every_n_epochs, extra, [train_loader, val_loader]))
+        previous = self.history_ if (self.is_trained_ and resumed is None) else {}
+        trainer = None
         try:
-            run_training(
+            trainer = run_training(
                 plan, train_loader, val_loader, max_epochs=max_epochs, accelerator=accelerator, devices=devices,
                 early_stopping=early_stopping, enable_progress_bar=enable_progress_bar, callbacks=callbacks,
                 ckpt_path=str(ckpt_path) if resumed is not None else None, **trainer_kwargs,
             )
         except NonFiniteLossError:
-            self.history_ = history_frames(plan.history)  # the completed epochs; weights are the last finite ones
+            # the completed epochs; weights are the last finite ones
+            self.history_ = _append_history(previous, history_frames(plan.history))
             self.module.eval()
             raise
-        self.history_ = history_frames(plan.history)
+        self.history_ = _append_history(previous, history_frames(self._run_history(plan, trainer)))
         self.module.eval()
         self._device = next(self.module.parameters()).device
         self.is_trained_ = True
+
+    @staticmethod
+    def _run_history(plan, trainer) -> dict[str, list[tuple[int, float]]]:
+        """The plan's epoch metrics plus what callbacks logged through the Trainer's
+        :class:`~scprob.train.trainer.HistoryLogger` (e.g. ``LearningRateMonitor``'s ``lr-Adam``)."""
+        rows = {k: list(v) for k, v in plan.history.items()}
+        for lg in getattr(trainer, "loggers", []) or []:
+            if isinstance(lg, HistoryLogger):
+                for key, vals in lg.history.items():
+                    rows.setdefault(key, vals)
+        return rows
 
     # -------------------------------------------------------------- inference
     def _check_trained(self) -> None:
@@ -289,19 +414,29 @@ class BaseModel:
         return torch.cat(out).numpy()
 
     # ------------------------------------------------------------ save / load
-    def save(self, dir_path: str | os.PathLike, overwrite: bool = False, save_anndata: bool = False) -> None:
-        """Write weights, registry, constructor arguments, history and versions to
-        ``dir_path/model.pt`` (and ``adata.h5ad`` if ``save_anndata``).  The folder is
-        written under a temporary name and renamed at the end: never half-written."""
+    def save(
+        self, dir_path: str | os.PathLike, prefix: str | None = None, overwrite: bool = False,
+        save_anndata: bool = False, **anndata_write_kwargs,
+    ) -> None:
+        """Write weights, registry, constructor arguments, history, the train/validation/test
+        indices and versions to ``dir_path/<prefix>model.pt`` (and ``<prefix>adata.h5ad`` if
+        ``save_anndata``; ``anndata_write_kwargs`` go to ``write_h5ad``).  The folder is
+        written under a temporary name and renamed at the end: never half-written (so
+        ``overwrite=True`` replaces the whole folder, other prefixes included)."""
+        self._require_adata()
+
         def write(tmp: Path) -> None:
+            indices = {k: torch.as_tensor(v) for k, v in (
+                ("train", self.train_indices_), ("validation", self.validation_indices_), ("test", self.test_indices_),
+            ) if v is not None}
             payload = dict(
                 model_class=type(self).__name__, state_dict={k: v.cpu() for k, v in self.module.state_dict().items()},
                 init_params=self.init_params, registry=self.registry, history=self.history_,
-                is_trained=self.is_trained_, versions=_versions(), extra=self._extra_state(),
+                is_trained=self.is_trained_, versions=_versions(), extra=self._extra_state(), indices=indices,
             )
-            torch.save(payload, tmp / _FILE)
+            torch.save(payload, _prefixed(tmp, prefix, _FILE))
             if save_anndata:
-                self.adata.write_h5ad(tmp / "adata.h5ad")
+                self.adata.write_h5ad(_prefixed(tmp, prefix, "adata.h5ad"), **anndata_write_kwargs)
 
         write_dir_atomic(dir_path, write, overwrite)
 
@@ -317,33 +452,101 @@ class BaseModel:
         pass
 
     @classmethod
-    def load(cls, dir_path: str | os.PathLike, adata=None, accelerator: str = "cpu"):
-        """Load a saved model onto ``adata`` (which must have the model's genes; its
-        batches must be among the model's).  ``adata=None`` uses the saved AnnData."""
+    def load(
+        cls, dir_path: str | os.PathLike, adata=None, accelerator: str = "cpu", device: int | str = "auto",
+        prefix: str | None = None,
+    ):
+        """Load a model saved in ``dir_path`` (files ``<prefix>model.pt`` and, if saved,
+        ``<prefix>adata.h5ad``) onto ``adata`` (which must have the model's genes; its
+        batches must be among the model's).  ``adata=None`` uses the saved AnnData.
+        ``accelerator="gpu"`` (or ``device="cuda:1"``) puts it on a GPU."""
         from ..data.io import read_input
-        from ._files import load_weights, read_model_file
+        from ._files import load_weights
 
-        payload = read_model_file(dir_path, cls.__name__, required=(
+        payload = _read_saved(dir_path, prefix, cls.__name__, required=(
             "state_dict", "init_params", "registry", "history", "is_trained"))  # DataError if corrupt or foreign
         if adata is None:
-            h5 = Path(dir_path) / "adata.h5ad"
+            h5 = _prefixed(dir_path, prefix, "adata.h5ad")
             if not h5.exists():
-                raise DataError(f"{dir_path} was saved without its AnnData; pass adata=.")
+                raise DataError(f"{dir_path} was saved without its AnnData ({h5.name}); pass adata=.")
             adata = read_input(h5, kinds=("h5ad",))
         cls._setup_loaded(adata, payload["registry"])
         model = cls(adata, **payload["init_params"])
         load_weights(model.module, payload["state_dict"], dir_path)
         model.history_ = payload["history"]
         model.is_trained_ = payload["is_trained"]
+        for split, value in (payload.get("indices") or {}).items():
+            setattr(model, f"{split}_indices_", np.asarray(value, dtype=np.int64))
         model._load_extra_state(payload.get("extra", {}))
         model.module.eval()
-        if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
-            model.to_device("cuda")
+        if isinstance(device, str) and device.startswith("cuda"):
+            model.to_device(device)
+        elif accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+            model.to_device("cuda" if device == "auto" else f"cuda:{device}")
         return model
 
     def __repr__(self) -> str:
         r = self.registry
+        if r is None:
+            return f"{type(self).__name__}(no AnnData yet, trained={self.is_trained_})"
         return (
             f"{type(self).__name__}({r['n_obs']} cells x {r['n_vars']} genes, "
             f"{len(r['batch_categories'])} batch(es), trained={self.is_trained_})"
         )
+
+
+def _read_saved(dir_path: str | os.PathLike, prefix: str | None, expected_class: str | None,
+                required: tuple[str, ...] = ()) -> dict:
+    """The checked payload of ``dir_path/<prefix>model.pt`` (see ``_files.read_model_file``);
+    ``expected_class=None`` accepts any scprob model class."""
+    from ._files import read_model_file
+
+    if expected_class is None:
+        from ._files import MODEL_FILE, peek_header
+
+        found, _ = peek_header(_prefixed(dir_path, prefix, MODEL_FILE))
+        expected_class = found or ""
+    if not prefix:
+        return read_model_file(dir_path, expected_class, required=required)
+    src = Path(dir_path)
+    model_file = _prefixed(src, prefix, _FILE)
+    if not model_file.exists():
+        raise FileNotFoundError(f"No saved model at {model_file}")
+    # read_model_file reads <folder>/model.pt: show it the prefixed files under their plain names
+    with tempfile.TemporaryDirectory(prefix=".scprob_prefix.") as tmp:
+        for name in (_FILE, "adata.h5ad"):
+            f = _prefixed(src, prefix, name)
+            if f.exists():
+                os.symlink(f.resolve(), Path(tmp) / name)
+        try:
+            return read_model_file(tmp, expected_class, required=required)
+        except DataError as e:
+            raise DataError(str(e).replace(f"{_FILE} in {tmp}", str(model_file)).replace(tmp, str(src))) from None
+
+
+def _describe_setup_args(reg: dict, model_name: str) -> str:
+    lines = [f"Setup arguments of {model_name}.setup_anndata:"]
+    lines += [f"  {k}: {v!r}" for k, v in reg["setup_args"].items()]
+    return "\n".join(lines)
+
+
+def _describe_registry(reg: dict, model_name: str, hide_state_registries: bool = False) -> str:
+    args = reg["setup_args"]
+    where = reg.get("data_location") or (f"adata.layers[{args['layer']!r}]" if args.get("layer") else "adata.X")
+    lines = [_describe_setup_args(reg, model_name), "Summary:",
+             f"  n_cells: {reg['n_obs']}", f"  n_vars: {reg['n_vars']}", f"  counts: {where}",
+             f"  n_batch: {len(reg['batch_categories'])}", f"  n_labels: {len(reg['label_categories'])}",
+             f"  n_extra_categorical_covs: {len(args.get('categorical_covariate_keys') or [])}",
+             f"  n_extra_continuous_covs: {len(args.get('continuous_covariate_keys') or [])}"]
+    if reg.get("minified"):
+        lines.append(f"  minified: {reg.get('minified_type', 'latent_posterior_parameters')} "
+                     f"(obsm keys {reg.get('minified_keys')})")
+    if not hide_state_registries:
+        lines.append("Categories (model order = codes 0, 1, ...):")
+        if args.get("batch_key"):
+            lines.append(f"  batch ({args['batch_key']}): {reg['batch_categories']}")
+        if args.get("labels_key"):
+            lines.append(f"  labels ({args['labels_key']}): {reg['label_categories']}")
+        for k, cats in (reg.get("categorical_covariate_categories") or {}).items():
+            lines.append(f"  {k}: {cats}")
+    return "\n".join(lines)

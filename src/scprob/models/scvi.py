@@ -9,10 +9,37 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._settings import settings
 from ..data.validate import check_counts_for_likelihood
 from ..distributions import get_likelihood
 from ..modules import VAE
 from .base import BaseModel
+
+
+def _category_code(value, categories: list[str]) -> int | None:
+    """Position of ``value`` among the registry's (string) categories: by its text, else
+    by number (``1`` matches ``"1"`` or ``"1.0"``)."""
+    text = str(value)
+    if text in categories:
+        return categories.index(text)
+    try:
+        num = float(value)
+    except (TypeError, ValueError):
+        return None
+    for i, c in enumerate(categories):
+        try:
+            if float(c) == num:
+                return i
+        except ValueError:
+            continue
+    return None
+
+
+def _alias(value, old, name: str, old_name: str):
+    """``value`` or its older scprob keyword ``old`` (not both)."""
+    if old is not None and value is not None:
+        raise TypeError(f"give {name} or its older name {old_name}, not both")
+    return value if value is not None else old
 
 
 class SCVI(BaseModel):
@@ -25,11 +52,19 @@ class SCVI(BaseModel):
 
     Extra ``module_kwargs`` are any :class:`scprob.modules.VAE` option (``encode_covariates``,
     ``use_observed_lib_size``, ``batch_representation``, ``use_layer_norm``, ...).
+    ``adata=None`` makes a model without data (scvi-tools' convention): the module is
+    built when ``model.adata`` is assigned.
+
+    Return types (one rule): per-cell or per-gene tables with names are
+    ``pandas.DataFrame`` (normalized expression, correlation matrix, DE), other arrays
+    are ``numpy`` arrays (latent, library size, batch representation, likelihood
+    parameters), scalars are Python floats, and count samples are ``scipy.sparse`` CSR
+    (one sample) or dense ``numpy`` arrays (several); never torch tensors.
     """
 
     def __init__(
         self,
-        adata,
+        adata=None,
         n_hidden: int = 128,
         n_latent: int = 10,
         n_layers: int = 1,
@@ -45,6 +80,9 @@ class SCVI(BaseModel):
             dispersion=dispersion, gene_likelihood=gene_likelihood, latent_distribution=latent_distribution,
             **module_kwargs,
         )
+        self.module = self._build_module(**self.init_params) if adata is not None else None
+
+    def _build_from_registry(self) -> None:
         self.module = self._build_module(**self.init_params)
 
     def _build_module(self, gene_likelihood: str, **kwargs) -> VAE:
@@ -66,16 +104,24 @@ class SCVI(BaseModel):
 
     # ------------------------------------------------------------ expression
     def _batch_codes(self, transform_batch) -> list[int | None]:
+        """Codes of ``transform_batch`` batches (scvi-tools' rule: values are batch
+        *categories*, numbers included: ``1`` names the category ``1`` (or ``1.0``) of a
+        numeric batch column, not the second batch); ``None`` (alone or in a list) keeps
+        each cell's observed batch."""
         if transform_batch is None:
             return [None]
-        names = [transform_batch] if isinstance(transform_batch, (str, int)) else list(transform_batch)
+        if isinstance(transform_batch, (str, bytes)) or np.ndim(transform_batch) == 0:
+            names = [transform_batch]
+        else:
+            names = list(transform_batch)
         cats = self.registry["batch_categories"]
         codes = []
         for b in names:
-            if str(b) not in cats:
+            code = None if b is None else _category_code(b, cats)
+            if b is not None and code is None:
                 raise ValueError(f"transform_batch {b!r} is not a batch of this model; batches: {cats}")
-            codes.append(cats.index(str(b)))
-        return codes
+            codes.append(code)
+        return codes or [None]
 
     def _gene_mask(self, gene_list: Sequence[str] | None) -> np.ndarray | slice:
         if gene_list is None:
@@ -96,17 +142,41 @@ class SCVI(BaseModel):
         gene_list: Sequence[str] | None = None,
         library_size: float | Literal["latent"] = 1.0,
         n_samples: int = 1,
+        n_samples_overall: int | None = None,
+        weights: Literal["uniform"] | None = None,
         batch_size: int | None = None,
         return_mean: bool = True,
         return_numpy: bool | None = None,
+        silent: bool = True,
     ) -> pd.DataFrame | np.ndarray:
         """Denoised expression E[x | z] / library: ``px_scale * library_size`` (or the
         model's mean ``exp(l) * px_scale`` for ``library_size="latent"``), averaged over
         ``transform_batch`` batches (batch-corrected when set) and, with ``return_mean``,
         over ``n_samples`` posterior draws.  Cells x genes DataFrame, or an array of
-        shape (n_samples, cells, genes) when samples are kept."""
+        shape (n_samples, cells, genes) when samples are kept.
+
+        ``n_samples_overall`` (scvi-tools): ``n_samples_overall // n_cells + 1`` draws per
+        cell, of which ``n_samples_overall`` (cell, draw) rows are picked uniformly with
+        replacement: an array of shape (n_samples_overall, genes) (rows are draws, not
+        cells, hence no DataFrame).  ``weights``: only ``"uniform"`` (scvi-tools'
+        ``"importance"`` is not implemented)."""
         self._check_trained()
         adata = self._validate_anndata(adata)
+        if weights not in (None, "uniform"):
+            raise NotImplementedError(f"weights={weights!r}: only 'uniform' sampling is implemented")
+        if n_samples_overall is not None:
+            if n_samples != 1:
+                raise ValueError("give n_samples or n_samples_overall, not both")
+            n_cells = adata.n_obs if indices is None else len(np.asarray(indices).reshape(-1))
+            if n_samples_overall < 1 or n_cells == 0:
+                raise ValueError(f"n_samples_overall must be >= 1 over >= 1 cell, got {n_samples_overall}")
+            draws = self.get_normalized_expression(
+                adata, indices, transform_batch, gene_list, library_size, n_samples_overall // n_cells + 1,
+                batch_size=batch_size, return_mean=False, return_numpy=True,
+            )
+            flat = draws.reshape(-1, draws.shape[-1])
+            pick = np.random.default_rng(settings.seed).choice(flat.shape[0], n_samples_overall, replace=True)
+            return flat[pick]
         genes = self._gene_mask(gene_list)
         codes = self._batch_codes(transform_batch)
         chunks = []
@@ -160,20 +230,114 @@ class SCVI(BaseModel):
 
     @torch.inference_mode()
     def posterior_predictive_sample(
-        self, adata=None, indices=None, n_samples: int = 1, gene_list: Sequence[str] | None = None,
-        batch_size: int | None = None,
+        self, adata=None, indices=None, transform_batch: str | Sequence[str] | None = None, n_samples: int = 1,
+        gene_list: Sequence[str] | None = None, batch_size: int | None = None, silent: bool = True,
     ):
-        """Counts drawn from p(x^ | z), z ~ q(z | x).  One sample: a ``scipy.sparse``
-        CSR matrix (cells x genes); several: a dense array (cells x genes x n_samples)."""
+        """Counts drawn from p(x^ | z), z ~ q(z | x).  One sample: a ``scipy.sparse`` CSR
+        matrix (cells x genes); several: a dense array (cells x genes x n_samples).
+        ``transform_batch``: decode under these batches instead of each cell's own (the
+        same z for all of them); several batches are averaged, as in scvi-tools (the
+        result is then no longer integer)."""
         import scipy.sparse as sp
 
         self._check_trained()
+        self._validate_anndata(adata)
         genes = self._gene_mask(gene_list)
+        codes = self._batch_codes(transform_batch)
         chunks = []
         for tensors in self._batches(adata, indices, batch_size):
-            draws = self.module.sample(tensors, n_samples=n_samples)[:, genes]
-            chunks.append(sp.csr_matrix(draws.numpy()) if n_samples == 1 else draws.numpy())
+            inf = self.module.inference(**self.module._get_inference_input(tensors), n_samples=n_samples)
+            gen_in = self.module._get_generative_input(tensors, inf)
+            per_batch = []
+            for code in codes:
+                draws = self.module.generative(**gen_in, transform_batch=code)["px"].sample()
+                if n_samples > 1:
+                    draws = draws.permute(1, 2, 0)  # (cells, genes, samples)
+                per_batch.append(draws[:, genes])
+            draws = (per_batch[0] if len(per_batch) == 1 else torch.stack(per_batch).mean(0)).cpu().numpy()
+            chunks.append(sp.csr_matrix(draws) if n_samples == 1 else draws)
         return sp.vstack(chunks, format="csr") if n_samples == 1 else np.concatenate(chunks)
+
+    @torch.inference_mode()
+    def get_latent_library_size(
+        self, adata=None, indices=None, give_mean: bool = True, batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Library size l_n per cell, shape (cells, 1): the mean of the log-normal
+        posterior q(l | x) (``give_mean``; needs a learned library,
+        ``use_observed_lib_size=False``), else ``exp`` of the library the model uses
+        (observed counts, or a draw from q(l | x))."""
+        self._check_trained()
+        out = []
+        for tensors in self._batches(adata, indices, batch_size):
+            inf = self.module.inference(**self.module._get_inference_input(tensors))
+            if give_mean:
+                ql = inf["ql"]
+                if ql is None:
+                    raise RuntimeError(
+                        "this model uses the observed library size (no posterior q(l | x)): "
+                        "call get_latent_library_size(give_mean=False) for it."
+                    )
+                lib = torch.distributions.LogNormal(ql.loc, ql.scale).mean
+            else:
+                lib = inf["library"].exp()
+            out.append(lib.reshape(-1, 1).cpu())
+        return torch.cat(out).numpy()
+
+    @torch.inference_mode()
+    def get_batch_representation(self, adata=None, indices=None, batch_size: int | None = None) -> np.ndarray:
+        """Each cell's batch embedding vector, shape (cells, embedding_dim), for a model
+        built with ``batch_representation="embedding"`` (scvi-tools' meaning: the learned
+        embedding of the cell's batch, not a latent per batch)."""
+        from ..data.keys import Keys
+
+        self._check_trained()
+        if getattr(self.module, "batch_representation", "one-hot") != "embedding":
+            raise ValueError(
+                "get_batch_representation needs batch embeddings: build the model with "
+                "batch_representation='embedding' (this one uses one-hot batches)."
+            )
+        out = [self.module.batch_embedding(t[Keys.BATCH].reshape(-1).long()).cpu()
+               for t in self._batches(adata, indices, batch_size)]
+        return torch.cat(out).numpy()
+
+    @torch.inference_mode()
+    def get_feature_correlation_matrix(
+        self, adata=None, indices=None, n_samples: int = 10, batch_size: int = 64, rna_size_factor: int = 1000,
+        transform_batch: str | Sequence[str] | None = None,
+        correlation_type: Literal["spearman", "pearson"] = "spearman", silent: bool = True,
+    ) -> pd.DataFrame:
+        """Gene x gene correlation of denoised expression sampled from the model
+        (scvi-tools' method): per cell, ``n_samples`` draws z ~ q(z|x), and for each a
+        Gamma draw with mean ``rna_size_factor * px_scale`` and the model's dispersion
+        (the mean itself for likelihoods without one); the correlation (``"spearman"`` or
+        ``"pearson"``) over all (cell, draw) rows, averaged over ``transform_batch`` batches."""
+        from scipy.stats import spearmanr
+
+        if correlation_type not in ("spearman", "pearson"):
+            raise ValueError(f"correlation_type must be 'spearman' or 'pearson', got {correlation_type!r}")
+        self._check_trained()
+        adata = self._validate_anndata(adata)
+        codes = self._batch_codes(transform_batch)
+        gamma = bool(self.module.likelihood["needs_dispersion"])
+        mats = []
+        for code in codes:
+            rows = []
+            for tensors in self._batches(adata, indices, batch_size):
+                inf = self.module.inference(**self.module._get_inference_input(tensors), n_samples=n_samples)
+                gen = self.module.generative(**self.module._get_generative_input(tensors, inf), transform_batch=code)
+                mean = rna_size_factor * gen["px_scale"]
+                if gamma:
+                    theta = gen["px_r"].exp().expand_as(mean)
+                    mean = torch.distributions.Gamma(theta, theta / mean.clamp_min(1e-12)).sample()
+                rows.append(mean.reshape(-1, mean.shape[-1]).cpu())
+            flat = torch.cat(rows).double().numpy()
+            if correlation_type == "pearson":
+                mats.append(np.corrcoef(flat, rowvar=False))
+            else:
+                rho = np.asarray(spearmanr(flat)[0])
+                mats.append(rho if rho.ndim == 2 else np.array([[1.0, float(rho)], [float(rho), 1.0]]))
+        names = self.registry["var_names"]
+        return pd.DataFrame(np.mean(mats, axis=0), index=names, columns=names)
 
     def _require_counts(self, adata, what: str) -> None:
         if self._registry_of(adata).get("minified"):
@@ -242,14 +406,118 @@ class SCVI(BaseModel):
 
     # ----------------------------------------------------------- query mapping
     @classmethod
-    def load_query_data(cls, query_adata, reference, freeze: bool = True, min_gene_overlap: float = 0.5):
-        """scArches surgery: a model on ``query_adata`` (genes aligned to the reference by
-        name, new batches added) initialised from ``reference`` (a model or a saved
-        folder).  Call ``.train()`` to fit the new batches; ``model.adata`` is the aligned
-        copy of the query.  See :mod:`scprob.models._query`."""
+    def load_query_data(
+        cls,
+        adata=None,
+        reference_model=None,
+        inplace_subset_query_vars: bool = False,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        unfrozen: bool = False,
+        freeze_dropout: bool = False,
+        freeze_expression: bool = True,
+        freeze_decoder_first_layer: bool = True,
+        freeze_batchnorm_encoder: bool = True,
+        freeze_batchnorm_decoder: bool = False,
+        freeze_classifier: bool = True,
+        *,
+        freeze: bool | None = None,
+        min_gene_overlap: float = 0.5,
+        query_adata=None,
+        reference=None,
+    ):
+        """scArches surgery (scvi-tools' arguments): a model on the query ``adata``
+        initialised from ``reference_model`` (a model or a saved folder), its new batches
+        added.  Call ``.train()`` to fit them.
+
+        Genes: by default aligned to the reference by name on a copy (missing genes
+        zero-filled, extra dropped; at least ``min_gene_overlap`` shared) and
+        ``model.adata`` is that copy; ``inplace_subset_query_vars=True`` reorders the
+        user's own object to the reference genes (all must be present) and the model reads it.
+
+        Training: ``unfrozen=True`` (or scprob's ``freeze=False``) trains everything.
+        Otherwise only the new batches' entries of batch-indexed parameters (the reference
+        entries' gradients are zeroed) plus what scvi-tools' flags release:
+        ``freeze_expression=False`` the encoders' first layer, ``freeze_decoder_first_layer=False``
+        the decoder's first layer, ``freeze_batchnorm_encoder/decoder=False`` that part's
+        batch-norm weights and statistics (decoder released by default, as in scvi-tools);
+        the library encoder (learned library only) is trained as in scvi-tools.
+        ``freeze_dropout=True`` turns dropout off.  ``freeze_classifier`` is accepted for
+        scvi-tools compatibility (SCVI has no classifier).  ``query_adata`` / ``reference``
+        are scprob's older names of the first two arguments.  The result counts as trained
+        (usable before ``.train()``), unlike scvi-tools' ``is_trained=False``.
+        See :mod:`scprob.models._query`."""
         from ._query import load_query_data
 
-        return load_query_data(cls, query_adata, reference, freeze, min_gene_overlap)
+        adata = _alias(adata, query_adata, "adata", "query_adata")
+        reference_model = _alias(reference_model, reference, "reference_model", "reference")
+        if adata is None or reference_model is None:
+            raise TypeError("load_query_data needs the query adata and reference_model")
+        freeze = (not unfrozen) if freeze is None else bool(freeze) and not unfrozen
+        options = dict(
+            freeze_dropout=freeze_dropout, freeze_expression=freeze_expression,
+            freeze_decoder_first_layer=freeze_decoder_first_layer, freeze_batchnorm_encoder=freeze_batchnorm_encoder,
+            freeze_batchnorm_decoder=freeze_batchnorm_decoder, freeze_classifier=freeze_classifier,
+        )
+        return load_query_data(cls, adata, reference_model, freeze, min_gene_overlap, inplace_subset_query_vars,
+                               accelerator, device, options)
+
+    @classmethod
+    def prepare_query_anndata(
+        cls, adata, reference_model, return_reference_var_names: bool = False, inplace: bool = True,
+    ):
+        """scvi-tools' query preparation: ``adata`` with the reference's genes in its order
+        (zeros in X and every layer for missing genes, extra genes dropped; a warning below
+        80% shared, an error at 0%).  ``inplace=True`` (scvi-tools' default) changes the
+        user's object and returns ``None``; ``inplace=False`` returns a new AnnData;
+        ``return_reference_var_names=True`` only returns the reference genes (``pd.Index``).
+        ``load_query_data`` aligns by itself, so this step is optional in scprob."""
+        from ._query import prepare_query_anndata
+
+        return prepare_query_anndata(cls, adata, reference_model, return_reference_var_names, inplace)
+
+    @torch.inference_mode()
+    def differential_abundance(
+        self, adata=None, adata_sub=None, sample_key: str | None = None, batch_size: int = 128,
+        num_cells_posterior: int | None = None, dof: float | None = None,
+    ) -> pd.DataFrame:
+        """scvi-tools' differential abundance: for each sample of ``adata.obs[sample_key]``,
+        the log density of every cell's latent mean under that sample's aggregated
+        posterior (the equal-weight mixture of its cells' q(z|x); Student-t components
+        with ``dof`` degrees of freedom, Normal if ``None``; at most
+        ``num_cells_posterior`` random cells per sample).  Cells of ``adata_sub``
+        (default: ``adata``) x samples; stored, as in scvi-tools, in
+        ``adata_sub.obsm["da_log_probs"]`` and returned."""
+        self._check_trained()
+        adata = self._validate_anndata(adata)
+        adata_sub = adata if adata_sub is None else self._validate_anndata(adata_sub)
+        if sample_key is None or sample_key not in adata.obs.columns:
+            raise KeyError(f"sample_key {sample_key!r} is not a column of adata.obs")
+        if sample_key not in adata_sub.obs.columns:
+            raise KeyError(f"sample_key {sample_key!r} is not a column of adata_sub.obs")
+        loc, var = self.get_latent_representation(adata, return_dist=True, batch_size=batch_size)
+        z = torch.as_tensor(self.get_latent_representation(adata_sub, return_dist=True, batch_size=batch_size)[0])
+        loc, scale = torch.as_tensor(loc), torch.as_tensor(var).sqrt()
+        labels = adata.obs[sample_key].to_numpy()
+        samples = pd.unique(adata_sub.obs[sample_key])
+        rng = np.random.default_rng(settings.seed)
+        cols = []
+        for name in samples:
+            idx = np.flatnonzero(labels == name)
+            if idx.size == 0:
+                raise ValueError(f"sample {name!r} of adata_sub has no cells in adata")
+            if num_cells_posterior is not None and num_cells_posterior < idx.size:
+                idx = rng.choice(idx, num_cells_posterior, replace=False)
+            comp = (torch.distributions.Normal(loc[idx], scale[idx]) if dof is None
+                    else torch.distributions.StudentT(dof, loc[idx], scale[idx]))
+            out = []
+            for start in range(0, z.shape[0], batch_size):
+                lp = comp.log_prob(z[start:start + batch_size, None, :]).sum(-1)  # (cells, components)
+                out.append(torch.logsumexp(lp, dim=1) - np.log(idx.size))
+            cols.append(torch.cat(out).numpy())
+        df = pd.DataFrame(np.stack(cols, axis=1), index=adata_sub.obs_names, columns=samples)
+        adata_sub.obsm["da_log_probs"] = df
+        return df
 
     # ------------------------------------------------------------ minified
     def minify_adata(
@@ -285,7 +553,7 @@ class LDVAE(SCVI):
 
     def __init__(
         self,
-        adata,
+        adata=None,
         n_hidden: int = 128,
         n_latent: int = 10,
         n_layers_encoder: int = 1,
@@ -304,14 +572,17 @@ class LDVAE(SCVI):
             dispersion=dispersion, gene_likelihood=gene_likelihood, use_batch_norm=use_batch_norm, bias=bias,
             latent_distribution=latent_distribution, use_observed_lib_size=use_observed_lib_size, **module_kwargs,
         )
-        module_kwargs = dict(module_kwargs)
-        module_kwargs.setdefault("use_layer_norm", "none")
+        self.module = self._build_from_registry() if adata is not None else None
+
+    def _build_from_registry(self) -> VAE:
+        p = dict(self.init_params)
+        p.setdefault("use_layer_norm", "none")
+        n_layers, use_bn, bias = p.pop("n_layers_encoder"), p.pop("use_batch_norm"), p.pop("bias")
         self.module = self._build_module(
-            n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers_encoder, dropout_rate=dropout_rate,
-            dispersion=dispersion, gene_likelihood=gene_likelihood, latent_distribution=latent_distribution,
-            use_batch_norm="both" if use_batch_norm else "encoder", use_observed_lib_size=use_observed_lib_size,
-            decoder_type="linear", linear_decoder_bias=bias, **module_kwargs,
+            n_layers=n_layers, use_batch_norm="both" if use_bn else "encoder", decoder_type="linear",
+            linear_decoder_bias=bias, **p,
         )
+        return self.module
 
     def get_loadings(self) -> pd.DataFrame:
         """Genes x latent loadings of the linear decoder (batch-norm folded in)."""
