@@ -1,6 +1,8 @@
 """Reading a saved model's ``model.pt`` safely: a truncated, corrupt or foreign file (another
 model class, a newer scprob, not a PyTorch file at all) gets a :class:`DataError` naming
-the file and the problem instead of a PyTorch traceback, before any model is built."""
+the file and the problem instead of a PyTorch traceback, before any model is built.
+A ``model.pt`` written by scvi-tools (``SCVI`` / ``LinearSCVI``) is converted on reading
+into the payload scprob writes (see :mod:`scprob.models._scvi_tools_import`)."""
 
 from __future__ import annotations
 
@@ -84,6 +86,11 @@ def peek_header(path: Path) -> tuple[str | None, str | None]:
         strings = [arg for op, arg, _ in pickletools.genops(data) if isinstance(arg, str) and "UNICODE" in op.name]
     except Exception:  # noqa: BLE001 - best effort: only improves a message
         return None, None
+    from ._scvi_tools_import import scvi_tools_class
+
+    scvi_cls = scvi_tools_class(strings)
+    if scvi_cls is not None:  # written by scvi-tools
+        return scvi_cls, None
     cls = strings[strings.index("model_class") + 1] if "model_class" in strings[:-1] else None
     ver = None
     if "versions" in strings:
@@ -97,8 +104,8 @@ def read_model_file(
     dir_path: str | os.PathLike, expected_class: str, weights_only: bool = False, required: tuple[str, ...] = (),
 ) -> dict:
     """The payload of ``dir_path/model.pt``, checked: a readable PyTorch archive holding a
-    dict written by ``expected_class.save`` of this or an older scprob, with the
-    ``required`` entries.  FileNotFoundError if there is no file; DataError otherwise."""
+    dict written by ``expected_class.save`` of this or an older scprob (or by scvi-tools'
+    ``SCVI`` / ``LinearSCVI``, converted), with the ``required`` entries.  FileNotFoundError if there is no file; DataError otherwise."""
     path = Path(dir_path) / MODEL_FILE
     if not path.exists():
         raise FileNotFoundError(f"No saved model at {path}")
@@ -119,6 +126,10 @@ def read_model_file(
     except Exception as e:  # noqa: BLE001 - PyTorch's errors on a damaged file vary (RuntimeError, EOFError, ...)
         reason = str(e).split(". ")[0][:200]
         raise DataError(f"{where} is corrupt or not a PyTorch file ({type(e).__name__}: {reason}): {_FIX}.") from None
+    from ._scvi_tools_import import convert_scvi_tools_payload, is_scvi_tools_payload
+
+    if is_scvi_tools_payload(payload):  # saved by scvi-tools: mapped onto scprob's layout
+        payload = convert_scvi_tools_payload(payload, where)
     if not isinstance(payload, dict) or "model_class" not in payload:
         what = f"a dict without 'model_class' (keys {list(payload)[:6]})" if isinstance(payload, dict) else type(payload).__name__
         raise DataError(f"{where} is a PyTorch file but not a model saved by scprob (it holds {what}).")
