@@ -43,7 +43,8 @@ def test_marginal_ll_elbo_reconstruction(trained):
     ll = trained.get_marginal_ll(n_mc_samples=50, n_mc_samples_per_pass=20)
     elbo = trained.get_elbo()
     rec = trained.get_reconstruction_error()["reconstruction_loss"]
-    assert np.isfinite(ll) and np.isfinite(elbo) and rec > elbo
+    assert np.isfinite(ll) and np.isfinite(elbo) and isinstance(elbo, float) and isinstance(rec, float)
+    assert 0 < rec < -elbo  # scvi-tools 1.4 signs: recon = positive NLL, ELBO = -(NLL + KL)
     assert ll >= elbo - 1.0  # importance sampling tightens the bound
     per_cell = trained.get_marginal_ll(n_mc_samples=10, return_mean=False)
     assert per_cell.shape == (200,)
@@ -82,15 +83,16 @@ def test_de_finds_planted_genes():
     for col in ["proba_de", "bayes_factor", "lfc_median", "lfc_std", "raw_mean1", "raw_mean2", "scale1"]:
         assert col in de.columns
     van = m.differential_expression(groupby="group", group1="A", n_samples=500)
-    assert {"proba_m1", "bayes_factor"} <= set(van.columns) and (van["group2"] == "rest").all()
+    assert {"proba_m1", "bayes_factor"} <= set(van.columns) and (van["group2"] == "Rest").all()
     allvs = m.differential_expression(groupby="group", n_samples=300)
-    assert set(allvs["comparison"]) == {"A vs rest", "B vs rest"}
+    assert set(allvs["comparison"]) == {"A vs Rest", "B vs Rest"}
     with pytest.raises(ValueError, match="not found"):
         m.differential_expression(groupby="group", group1="C")
 
 
 def test_de_batch_correction_runs(trained):
-    de = trained.differential_expression(groupby="cell_type", group1="t0", group2="t1", batch_correction=True, n_samples=300)
+    de = trained.differential_expression(groupby="cell_type", group1="t0", group2="t1", batch_correction=True,
+                                         mode="change", n_samples=300)
     assert len(de) == 40 and np.isfinite(de["lfc_mean"]).all()
 
 

@@ -348,8 +348,12 @@ class SCVI(BaseModel):
         self, adata=None, indices=None, n_mc_samples: int = 1000, batch_size: int | None = None,
         return_mean: bool = True, n_mc_samples_per_pass: int = 100,
     ) -> float | np.ndarray:
-        """Importance-sampled log p(x) per cell (mean over cells if ``return_mean``).
-        Memory is bounded: ``n_mc_samples_per_pass`` samples of one minibatch at a time."""
+        r"""Importance-sampled marginal log-likelihood
+        :math:`\log p(x_n) \approx \log \frac1K \sum_k p(x_n, z_k) / q(z_k \mid x_n)`,
+        :math:`K` = ``n_mc_samples`` (higher is better).  Returns the mean over cells
+        (``float``) or, with ``return_mean=False``, one value per cell (``np.ndarray`` of
+        shape ``(n_cells,)``).  Memory is bounded: ``n_mc_samples_per_pass`` samples of one
+        minibatch at a time."""
         self._check_trained()
         self._require_counts(adata, "get_marginal_ll")
         vals = [
@@ -360,49 +364,105 @@ class SCVI(BaseModel):
         return float(ll.mean()) if return_mean else ll
 
     @torch.inference_mode()
-    def _loss_sums(self, adata, indices, batch_size) -> tuple[float, float, int]:
-        rec = kl = 0.0
-        n = 0
+    def _loss_sums(self, adata, indices, batch_size) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
+        """One forward pass (one z ~ q(z|x) per cell): the per-cell reconstruction loss
+        -log p(x | z) per term (``{"reconstruction_loss": ...}`` for a single term), the
+        per-cell local KL, and the global KL (a scalar, not attributable to cells)."""
+        rec: dict[str, list[np.ndarray]] = {}
+        kl_local: list[np.ndarray] = []
+        kl_global = 0.0
         for t in self._batches(adata, indices, batch_size):
             _, _, lo = self.module(t, loss_kwargs=dict(kl_weight=1.0))
-            rec += float(lo.reconstruction_loss_sum)
-            kl += float(lo.kl_local_sum) + float(lo.kl_global_sum)
-            n += lo.n_obs_minibatch
-        return rec, kl, n
+            terms = lo.reconstruction_loss if isinstance(lo.reconstruction_loss, dict) else \
+                {"reconstruction_loss": lo.reconstruction_loss}
+            for k, v in terms.items():
+                rec.setdefault(k, []).append(v.reshape(-1).double().cpu().numpy())
+            kl = lo.kl_local if isinstance(lo.kl_local, dict) else {"kl": lo.kl_local}
+            kl_cells = sum((v.reshape(-1).double() for v in kl.values() if v is not None),
+                           torch.zeros(lo.n_obs_minibatch, dtype=torch.float64, device=lo.loss.device))
+            kl_local.append(kl_cells.cpu().numpy())
+            kl_global = float(lo.kl_global_sum)
+        return {k: np.concatenate(v) for k, v in rec.items()}, np.concatenate(kl_local), kl_global
 
-    def get_elbo(self, adata=None, indices=None, batch_size: int | None = None) -> float:
-        """Evidence lower bound per cell, E_q[log p(x|z)] - KL (higher is better)."""
+    def get_elbo(self, adata=None, indices=None, batch_size: int | None = None,
+                 return_mean: bool = True) -> float | np.ndarray:
+        r"""Evidence lower bound :math:`\mathrm{ELBO}_n = \log p(x_n \mid z_n) -
+        \mathrm{KL}(q(z \mid x_n) \,\|\, p(z))` (plus the library KL when it is inferred),
+        one :math:`z_n \sim q(z \mid x_n)` per cell, as scvi-tools: higher is better, and
+        global KL terms are not included.  Returns the mean over cells (``float``) or, with
+        ``return_mean=False``, one value per cell (``np.ndarray`` of shape ``(n_cells,)``).
+        Note ``history["elbo_*"]`` is the training loss, i.e. the negative of this."""
         self._check_trained()
         self._require_counts(adata, "get_elbo")
-        rec, kl, n = self._loss_sums(adata, indices, batch_size)
-        return -(rec + kl) / n
+        rec, kl_local, _ = self._loss_sums(adata, indices, batch_size)
+        elbo = -(sum(rec.values()) + kl_local)
+        return float(elbo.mean()) if return_mean else elbo
 
-    def get_reconstruction_error(self, adata=None, indices=None, batch_size: int | None = None) -> dict[str, float]:
-        """``{"reconstruction_loss": E_q[log p(x|z)]}`` per cell (scvi-tools sign: higher is better)."""
+    def get_reconstruction_error(self, adata=None, indices=None, batch_size: int | None = None,
+                                 return_mean: bool = True) -> dict[str, float | np.ndarray]:
+        r"""Reconstruction loss :math:`-\log p(x_n \mid z_n)`, :math:`z_n \sim q(z \mid x_n)`,
+        as scvi-tools 1.4: a positive negative log-likelihood, lower is better, on the
+        scale of ``history["reconstruction_loss_*"]``.  Returns
+        ``{"reconstruction_loss": mean over cells (float)}`` or, with ``return_mean=False``,
+        ``{"reconstruction_loss": np.ndarray (n_cells,)}`` (one key per term for modules
+        whose loss has several)."""
         self._check_trained()
         self._require_counts(adata, "get_reconstruction_error")
-        rec, _, n = self._loss_sums(adata, indices, batch_size)
-        return {"reconstruction_loss": -rec / n}
+        rec, _, _ = self._loss_sums(adata, indices, batch_size)
+        return {k: float(v.mean()) for k, v in rec.items()} if return_mean else rec
 
     def differential_expression(
-        self, adata=None, groupby: str | None = None, group1: str | Sequence[str] | None = None,
-        group2: str | Sequence[str] | None = None, mode: Literal["vanilla", "change"] = "vanilla",
-        delta: float = 0.25, batch_correction: bool = False, fdr_target: float = 0.05, n_samples: int = 5000,
-        pseudocount: float | None = None, seed: int = 0,
+        self, adata=None, groupby: str | None = None, group1=None, group2=None,
+        idx1: Sequence[int] | Sequence[bool] | np.ndarray | str | None = None,
+        idx2: Sequence[int] | Sequence[bool] | np.ndarray | str | None = None,
+        mode: Literal["vanilla", "change"] = "vanilla", delta: float | None = 0.25, batch_size: int | None = None,
+        all_stats: bool = True, batch_correction: bool = False, batchid1: Sequence[str] | None = None,
+        batchid2: Sequence[str] | None = None, fdr_target: float = 0.05, silent: bool = False,
+        weights: Literal["uniform", "importance"] | None = "uniform", filter_outlier_cells: bool = False,
+        importance_weighting_kwargs: dict | None = None, n_samples: int = 5000, n_samples_overall: int | None = None,
+        use_permutation: bool = False, m_permutation: int = 10000, pseudocounts: float | None = None,
+        threshold_counts: float = 0.01, test_mode: Literal["two", "three"] = "three",
+        cred_interval_lvls: Sequence[float] | None = None, seed: int | None = 0,
     ) -> pd.DataFrame:
-        """Bayesian DE between ``group1`` and ``group2`` of ``adata.obs[groupby]``
-        (``group2=None``: one-vs-rest; ``group1=None``: every group vs the rest).  See
-        :mod:`scprob.models._de` for the math.  Returns one row per gene (and comparison)
-        with Bayes factors, probabilities, LFC mean/median/std, ``is_de_fdr_<t>`` and raw
-        per-group means."""
+        r"""Bayesian DE with scvi-tools' arguments, defaults and output (math:
+        :mod:`scprob.models._de`).
+
+        Populations: each ``group1`` category of ``adata.obs[groupby]`` (all categories if
+        None) vs ``group2`` (the ``"Rest"`` if None); or cells ``idx1`` vs ``idx2`` (boolean
+        masks, integer positions or ``adata.obs.query`` strings; ``idx2=None``: the rest).
+        ``mode="vanilla"``: :math:`P(\rho_1 > \rho_2)`; ``mode="change"``: posterior LFC
+        :math:`\log_2(\rho_1 + c) - \log_2(\rho_2 + c)` tested against ``delta``
+        (``test_mode="three"``: :math:`\max(P(\mathrm{LFC} \ge \delta), P(\mathrm{LFC} < -\delta))`;
+        ``"two"``: :math:`P(|\mathrm{LFC}| \ge \delta)`), pseudocount :math:`c` =
+        ``pseudocounts`` or, if None, estimated from the genes with mean count below
+        ``threshold_counts`` in a group.  ``batch_correction``: decode each group with every
+        batch of ``batchid1``/``batchid2`` (default: all) instead of its cells' own;
+        ``weights="importance"``: resample posterior draws by importance weights
+        (``importance_weighting_kwargs``: ``max_cells``, ``truncation``, ``n_mc_samples``,
+        ``n_mc_samples_per_pass``); ``filter_outlier_cells``: drop latent-space outliers
+        of each group (elliptic envelope).  ``n_samples`` (alias ``n_samples_overall``)
+        posterior draws per group; ``seed`` makes the call reproducible (None: global RNGs).
+
+        Returns one row per gene and comparison: vanilla ``proba_m1, proba_m2,
+        bayes_factor, scale1, scale2``, sorted by ``bayes_factor`` descending; change
+        ``proba_de, proba_not_de, bayes_factor, scale1, scale2, pseudocounts, delta,
+        lfc_mean, lfc_median, lfc_std, lfc_min, lfc_max``, sorted by ``proba_de``
+        descending, with ``is_de_fdr_<fdr_target>``; then (``all_stats``) ``raw_mean1/2,
+        non_zeros_proportion1/2, raw_normalized_mean1/2`` and ``comparison, group1, group2``.
+        """
         from ._de import differential_expression
 
         self._check_trained()
-        if groupby is None:
-            raise ValueError("groupby is required (an adata.obs column)")
         adata = self._validate_anndata(adata)
-        return differential_expression(self, adata, groupby, group1, group2, mode, delta, batch_correction,
-                                       fdr_target, n_samples, pseudocount, seed)
+        return differential_expression(
+            self, adata, groupby=groupby, group1=group1, group2=group2, idx1=idx1, idx2=idx2, mode=mode,
+            delta=delta, batch_size=batch_size, all_stats=all_stats, batch_correction=batch_correction,
+            batchid1=batchid1, batchid2=batchid2, fdr_target=fdr_target, silent=silent, weights=weights,
+            filter_outlier_cells=filter_outlier_cells, importance_weighting_kwargs=importance_weighting_kwargs,
+            n_samples=n_samples if n_samples_overall is None else n_samples_overall,
+            use_permutation=use_permutation, m_permutation=m_permutation, pseudocounts=pseudocounts,
+            threshold_counts=threshold_counts, test_mode=test_mode, cred_interval_lvls=cred_interval_lvls, seed=seed,
+        )
 
     # ----------------------------------------------------------- query mapping
     @classmethod
