@@ -1,9 +1,14 @@
 """``scprob`` command line.
 
-    scprob demo [scvi|scyan] [--out DIR] [--max-epochs N]
+    scprob demo [scvi|scyan] [--out DIR] [--max-epochs N] [--embedding umap|tsne|pca]
     scprob fit scvi|ldvae DATA.h5ad --batch-key K [--labels-key K] [--layer L]
                [--max-epochs N] [--n-latent N] [--gene-likelihood G] [--seed S]
+               [--n-top-genes N | --all-genes] [--embedding umap|tsne|pca]
                [--checkpoint-every N] [--resume] --out DIR
+
+``scprob fit`` on a file with more than 5,000 genes trains on its 2,000 most highly
+variable genes (said in the log and the report) unless ``--all-genes`` or
+``--n-top-genes`` is given.
     scprob annotate DATA.(fcs|h5ad|csv) --table TABLE.csv [--cofactor C | --logicle | --no-transform]
                [--no-scale] [--no-compensate] [--batch-key K] [--labels-key K] [--max-epochs N] --out DIR
     scprob integrate A.h5ad B.h5ad [C.h5ad ...] | DATA.h5mu --prob-models NB,NB[,...]
@@ -22,6 +27,9 @@ import logging
 import sys
 from pathlib import Path
 
+MAX_GENES_KEPT = 5000  # above this many genes, `scprob fit` selects highly variable genes by default
+DEFAULT_N_TOP_GENES = 2000
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scprob", description="Deep probabilistic models of single-cell omics.")
@@ -39,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="scvi: SCVI on the shipped mixology data; scyan: Scyan on the shipped AML CyTOF data")
     d.add_argument("model", nargs="?", choices=["scvi", "scyan"], default="scvi", help="which demo (default: scvi)")
     d.add_argument("--out", default=None, help="default: scprob_demo (scvi), scprob_demo_scyan (scyan)")
+    d.add_argument("--embedding", choices=["umap", "tsne", "pca"], default="umap",
+                   help="2-D map of the latent in the report (scvi demo; default umap, t-SNE if umap-learn is missing)")
 
     a = sub.add_parser("annotate", parents=[common], help="annotate cytometry cells with Scyan from a knowledge table")
     a.add_argument("data", help="input .fcs, .h5ad or .csv (events x channels)")
@@ -63,8 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--layer", default=None)
     f.add_argument("--n-latent", type=int, default=10)
     f.add_argument("--gene-likelihood", default=None, choices=["zinb", "nb", "poisson", "normal"])
-    f.add_argument("--n-top-genes", type=int, default=None,
-                   help="train on this many highly variable genes (Seurat v3 flavour, across batches)")
+    hv = f.add_mutually_exclusive_group()
+    hv.add_argument("--n-top-genes", type=int, default=None,
+                    help="train on this many highly variable genes (Seurat v3 flavour, across batches); default: "
+                         f"{DEFAULT_N_TOP_GENES} when the file has more than {MAX_GENES_KEPT:,} genes, else all")
+    hv.add_argument("--all-genes", action="store_true",
+                    help=f"train on every gene even when there are more than {MAX_GENES_KEPT:,}")
+    f.add_argument("--embedding", choices=["umap", "tsne", "pca"], default="umap",
+                   help="2-D map of the latent in the report (default umap; t-SNE if umap-learn is missing)")
     f.add_argument("--drop-empty-cells", action="store_true", help="drop cells with zero counts instead of failing")
     f.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="write a checkpoint to OUT/checkpoints/ every N epochs (atomic; a killed run loses at most N epochs)")
@@ -127,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             adata = scprob.data.load_mixology()
             metrics = run_pipeline(
                 adata, "scvi", args.out, batch_key="protocol", labels_key="cell_line",
-                max_epochs=args.max_epochs, seed=args.seed, overwrite=args.overwrite,
+                max_epochs=args.max_epochs, seed=args.seed, overwrite=args.overwrite, embedding=args.embedding,
                 title="scprob demo: SCVI on mixology (3 lung cancer cell lines, CEL-seq2 vs Drop-seq)",
             )
         else:
@@ -136,24 +152,47 @@ def main(argv: list[str] | None = None) -> int:
             adata = read_input(args.data, kinds=("h5ad",))  # DataError if missing, truncated or not AnnData
             if args.drop_empty_cells:
                 adata = drop_empty_cells(adata, args.layer)
-            if args.n_top_genes and args.n_top_genes < adata.n_vars:
-                from scprob.data.hvg import highly_variable_genes
-
-                if args.batch_key and args.batch_key not in adata.obs.columns:
-                    raise DataError(f"batch_key {args.batch_key!r} is not a column of adata.obs")
-                mask = highly_variable_genes(adata, args.n_top_genes, batch_key=args.batch_key, layer=args.layer)
-                adata = adata[:, mask].copy()
-                logging.getLogger("scprob").info("kept %d highly variable genes", adata.n_vars)
+            adata, genes_note = _select_genes(adata, args)
             metrics = run_pipeline(
                 adata, args.model, args.out, batch_key=args.batch_key, labels_key=args.labels_key, layer=args.layer,
                 max_epochs=args.max_epochs, n_latent=args.n_latent, gene_likelihood=args.gene_likelihood,
                 seed=args.seed, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                embedding=args.embedding, genes_note=genes_note,
             )
     except (DataError, FileExistsError, ValueError, OSError, FloatingPointError) as e:
         print(f"scprob: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _select_genes(adata, args):
+    """(AnnData to train on, a note for the report or None): the ``--n-top-genes`` most
+    highly variable genes, by default 2,000 of a file with more than 5,000 genes."""
+    from scprob.data import DataError
+
+    n_top = args.n_top_genes
+    if n_top is not None and n_top < 1:
+        raise ValueError(f"--n-top-genes must be >= 1, got {n_top}")
+    by_default = n_top is None and not args.all_genes and adata.n_vars > MAX_GENES_KEPT
+    if by_default:
+        n_top = DEFAULT_N_TOP_GENES
+    if not n_top or n_top >= adata.n_vars:
+        return adata, None
+    from scprob.data.hvg import highly_variable_genes
+
+    if args.batch_key and args.batch_key not in adata.obs.columns:
+        raise DataError(f"batch_key {args.batch_key!r} is not a column of adata.obs")
+    n_all = adata.n_vars
+    mask = highly_variable_genes(adata, n_top, batch_key=args.batch_key, layer=args.layer)
+    adata = adata[:, mask].copy()
+    log = logging.getLogger("scprob")
+    if by_default:
+        log.info("%d genes (more than %s): training on the %d most highly variable; --all-genes keeps every gene, "
+                 "--n-top-genes N keeps N", n_all, f"{MAX_GENES_KEPT:,}", adata.n_vars)
+        return adata, f"the {adata.n_vars} most highly variable of {n_all}, selected by default; --all-genes keeps all"
+    log.info("kept %d highly variable genes of %d", adata.n_vars, n_all)
+    return adata, f"the {adata.n_vars} most highly variable of {n_all} (--n-top-genes)"
 
 
 def _annotate(args) -> dict:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 log = logging.getLogger("scprob")
 
@@ -69,21 +70,30 @@ def run_pipeline(
     title: str | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    embedding: str = "umap",
+    genes_note: str | None = None,
 ) -> dict:
     """Set up, train, evaluate and write ``out/{adata.h5ad, model/, metrics.json,
     report.html, figures/}``.  Returns the metrics dict.
 
     ``checkpoint_every``: keep a checkpoint of training in ``out/checkpoints/`` every that
     many epochs; ``resume``: continue from the one there (same other arguments).  The
-    checkpoints stay in ``out/checkpoints/`` next to the outputs."""
+    checkpoints stay in ``out/checkpoints/`` next to the outputs.
+
+    The report's embedding is a UMAP of the latent (``embedding="tsne"`` / ``"pca"``
+    otherwise), coloured by batch and by labels, or, without labels, by Leiden clusters
+    of the latent (``adata.obs["leiden"]``, also in ``clusters.csv``).  ``genes_note``
+    (e.g. how genes were selected) goes into the report's summary."""
     import scprob
     from scprob.metrics import integration_metrics
     from scprob.models import LDVAE, SCVI
-    from scprob.plot import embed_2d, plot_embedding, plot_training_curves
-    from scprob.report import write_report
+    from scprob.plot import plot_embedding
+    from scprob.report import EMBEDDINGS, cluster_latent, embed_latent, plot_training_curves, write_report
 
     if model_name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model_name!r}")
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
     out = prepare_out(out, overwrite, resume)
     cls = SCVI if model_name == "scvi" else LDVAE
     scprob.settings.seed = seed
@@ -112,6 +122,13 @@ def run_pipeline(
         metrics = integration_metrics(latent, batches, adata.obs[labels_key].to_numpy() if labels_key else None)
         if not batch_key:
             metrics.pop("batch_silhouette", None)
+        clusters = cluster_method = None
+        if not labels_key:  # no labels: the latent's own clusters stand in for them
+            clusters, cluster_method = cluster_latent(latent, seed=seed)
+            adata.obs[cluster_method] = pd.Categorical(clusters, categories=sorted(set(clusters), key=int))
+            metrics["n_clusters"] = int(len(set(clusters)))
+            log.info("%d %s clusters of the latent space (adata.obs[%r])", metrics["n_clusters"], cluster_method.title(),
+                     cluster_method)
         hist = model.history
         metrics["elbo_train_final"] = float(hist["elbo_train"].iloc[-1, 0])
         if "elbo_validation" in hist:
@@ -121,12 +138,15 @@ def run_pipeline(
         figdir = tmp / "figures"
         figdir.mkdir()
         plot_training_curves(hist, figdir / "training_curves.png")
-        coords, method = embed_2d(latent, seed=seed)
+        coords, method = embed_latent(latent, embedding, seed=seed)
         colors = {}
         if batch_key:
             colors[f"batch ({batch_key})"] = adata.obs[batch_key].to_numpy()
         if labels_key:
             colors[f"label ({labels_key})"] = adata.obs[labels_key].to_numpy()
+        if clusters is not None:
+            colors[f"{cluster_method.title()} clusters of the latent"] = clusters
+            pd.DataFrame({cluster_method: clusters}, index=adata.obs_names).to_csv(tmp / "clusters.csv")
         if not colors:
             colors["all cells"] = np.zeros(adata.n_obs)
         plot_embedding(coords, colors, figdir / "embedding.png", method)
@@ -140,12 +160,16 @@ def run_pipeline(
             shutil.copytree(ckdir, tmp / CHECKPOINTS)  # kept with the outputs
         adata.write_h5ad(tmp / "adata.h5ad", compression="gzip")
         summary = dict(
-            model=cls.__name__, cells=adata.n_obs, genes=adata.n_vars, batch_key=batch_key, labels_key=labels_key,
+            model=cls.__name__, cells=adata.n_obs, genes=adata.n_vars if genes_note is None else f"{adata.n_vars} ({genes_note})",
+            batch_key=batch_key, labels_key=labels_key,
             epochs=len(hist["elbo_train"]), training_seconds=round(train_s, 1), seed=seed,
             scprob_version=scprob.__version__,
         )
-        figures = [("Training curves (train solid, validation dashed)", "figures/training_curves.png"),
-                   (f"{method} of the latent space", "figures/embedding.png")]
+        figures = [("Training curves (train solid, validation dashed; y-axis clipped to the epochs after the first "
+                    "fifth so the late epochs are readable)", "figures/training_curves.png"),
+                   (f"{method} of the latent space" + (f" (clusters: {cluster_method.title()} on the latent's "
+                                                         "15-nearest-neighbour graph)" if clusters is not None else ""),
+                    "figures/embedding.png")]
         write_report(tmp / "report.html", title or f"scprob {cls.__name__} report", summary, metrics, figures)
     log.info("done: %s", out)
     return metrics
