@@ -133,5 +133,7 @@ def test_training_curve_limits_show_late_epochs():
     lo, hi = curve_limits([elbo, elbo + 5])
     assert hi < 500 and lo < 360 and hi > 405  # the first epoch is clipped, the rest shown
     assert curve_limits([np.array([np.nan])]) is None
+    kl = np.array([1.0, 3, 6, 9, 12, 14, 15, 15, 14, 14])  # rising: nothing clipped at the bottom
+    assert curve_limits([kl])[0] < 1.0
     lo, hi = curve_limits([np.array([2.0, 2.0])])
     assert lo < 2 < hi

@@ -178,10 +178,11 @@ def cluster_latent(latent: np.ndarray, resolution: float = 1.0, seed: int = 0, n
 
 
 def curve_limits(values: list[np.ndarray], skip_fraction: float = 0.2, margin: float = 0.08) -> tuple[float, float] | None:
-    """y-limits covering every curve from its first ``skip_fraction`` of epochs on (at
-    least the first epoch left out when there are 3 or more), with a margin; ``None``
-    when nothing is left to show."""
-    late = []
+    """y-limits, with a margin: from the lowest value of any curve up to the highest
+    value after its first ``skip_fraction`` of epochs (at least the first epoch left out
+    when there are 3 or more): the large early losses are clipped at the top, nothing at
+    the bottom.  ``None`` when there is nothing to show."""
+    late, lows = [], []
     for v in values:
         v = np.asarray(v, dtype=float)
         v = v[np.isfinite(v)]
@@ -189,9 +190,10 @@ def curve_limits(values: list[np.ndarray], skip_fraction: float = 0.2, margin: f
             continue
         start = max(1, int(np.ceil(skip_fraction * v.size))) if v.size >= 3 else 0
         late.append(v[start:])
+        lows.append(v.min())
     if not late:
         return None
-    lo, hi = float(min(x.min() for x in late)), float(max(x.max() for x in late))
+    lo, hi = float(min(lows)), float(max(x.max() for x in late))
     pad = (hi - lo) * margin or abs(hi) * 0.01 or 1.0
     return lo - pad, hi + pad
 
