@@ -26,6 +26,8 @@ from torch.distributions import Distribution, Gamma
 from torch.distributions import Normal as _TorchNormal
 from torch.distributions import Poisson as _TorchPoisson
 
+from ._fused import nb_rowsum, poisson_rowsum
+
 _MAX_POISSON_RATE = 1e8
 
 
@@ -58,8 +60,11 @@ def log_zinb_logits(
     return torch.where(x < 0.5, zero, log_nb_x) - F.softplus(zi_logits)
 
 
-def nb_log_prob_rowsum(x, log_mu, log_theta, zi_logits=None):
-    """sum_g log NB(x_g) (or ZINB with ``zi_logits``) per row, exact, sparse-aware.
+def nb_log_prob_rowsum_reference(
+    x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """sum_g log NB(x_g) (or ZINB with ``zi_logits``) per row, exact, sparse-aware; composed of
+    autograd ops (the reference the fused :func:`nb_log_prob_rowsum` is tested against).
 
     With l = log mu - log theta and A = -theta softplus(l) (= log NB(0)):
 
@@ -86,6 +91,47 @@ def nb_log_prob_rowsum(x, log_mu, log_theta, zi_logits=None):
         dense = z - F.softplus(zi_logits)
         nz = nz + a[rows, cols] - z[rows, cols]
     return dense.sum(-1).index_add(0, rows, nz)
+
+
+def nb_log_prob_rowsum(
+    x: torch.Tensor,
+    log_mu: torch.Tensor,
+    log_theta: torch.Tensor,
+    zi_logits: torch.Tensor | None = None,
+    nz: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """sum_g log NB(x_g) (or ZINB with ``zi_logits``) per row of a (cells, genes) ``x``.
+
+    The same values as :func:`nb_log_prob_rowsum_reference`, computed by one fused autograd
+    Function whose backward writes the analytic gradients with respect to ``log_mu``,
+    ``log_theta`` ((G,), (1, G) or (cells, G)) and ``zi_logits`` in one pass (math and
+    backends: :mod:`scprob.distributions._fused`).  ``nz`` optionally gives the row-major
+    coordinates ``(rows, cols)`` of the positive entries of ``x`` (e.g. from the CSR batch),
+    sparing a ``nonzero`` per call; it must list exactly those entries.
+    """
+    out = nb_rowsum(x, log_mu, log_theta, zi_logits, nz)
+    if out is not None:
+        return out
+    if x.ndim != 2 or log_mu.shape != x.shape:  # broadcast or Monte-Carlo log_mu: element-wise
+        elem = log_nb_logits(x, log_mu, log_theta) if zi_logits is None else log_zinb_logits(x, log_mu, log_theta, zi_logits)
+        return elem.sum(-1)
+    return nb_log_prob_rowsum_reference(x, log_mu, log_theta, zi_logits)
+
+
+def poisson_log_prob_rowsum(
+    x: torch.Tensor,
+    log_rate: torch.Tensor | None = None,
+    nz: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    rate: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """sum_g log Poisson(x_g | rate_g) per row, fused (see :mod:`scprob.distributions._fused`),
+    from ``log_rate`` (gradient x - rate) or ``rate`` (gradient x / rate - 1)."""
+    out = poisson_rowsum(x, log_rate, nz, rate=rate)
+    if out is None:
+        r = rate if rate is not None else log_rate.exp()
+        return log_poisson(x, r).sum(-1)
+    return out
 
 
 def log_poisson(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
@@ -151,11 +197,12 @@ class NegativeBinomial(Distribution):
     def _zi(self):
         return None
 
-    def log_prob_rowsum(self, value: torch.Tensor) -> torch.Tensor:
-        """``log_prob(value).sum(-1)``, computed sparse-aware for (cells, genes) inputs."""
+    def log_prob_rowsum(self, value: torch.Tensor, nz: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``log_prob(value).sum(-1)``; for (cells, genes) inputs the fused, sparse-aware
+        :func:`nb_log_prob_rowsum` (``nz``: optional coordinates of the positive entries)."""
         if value.ndim != 2 or self.log_mu.ndim != 2:
             return self.log_prob(value).sum(-1)
-        return nb_log_prob_rowsum(value, self.log_mu, self.log_theta, self._zi())
+        return nb_log_prob_rowsum(value, self.log_mu, self.log_theta, self._zi(), nz)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
@@ -206,14 +253,32 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
 
 
 class Poisson(_TorchPoisson):
-    """Poisson(rate) with a ``log_prob`` that is exact at rate 0 and an optional ``scale``."""
+    """Poisson(rate) with a ``log_prob`` that is exact at rate 0 and an optional ``scale``.
 
-    def __init__(self, rate: torch.Tensor, scale: torch.Tensor | None = None):
-        super().__init__(rate=rate, validate_args=False)
+    Build from ``rate`` or from ``log_rate`` (then ``rate = exp(log_rate)`` and the fused
+    per-cell sums differentiate with respect to the log-rate directly: gradient x - rate)."""
+
+    def __init__(
+        self, rate: torch.Tensor | None = None, scale: torch.Tensor | None = None, log_rate: torch.Tensor | None = None
+    ):
+        if (rate is None) == (log_rate is None):
+            raise ValueError("Give exactly one of `rate` or `log_rate`.")
+        super().__init__(rate=log_rate.exp() if rate is None else rate, validate_args=False)
+        self.log_rate = log_rate
         self.scale = scale
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return log_poisson(value, self.rate)
+
+    def log_prob_rowsum(self, value: torch.Tensor, nz: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``log_prob(value).sum(-1)``; for (cells, genes) inputs the fused, sparse-aware
+        :func:`poisson_log_prob_rowsum` (``nz``: optional coordinates of the positive entries)."""
+        if value.ndim != 2 or self.rate.ndim != 2:
+            return self.log_prob(value).sum(-1)
+        log_rate = getattr(self, "log_rate", None)  # instances made by expand() lack it
+        if log_rate is not None and log_rate.shape == self.rate.shape:
+            return poisson_log_prob_rowsum(value, log_rate, nz)
+        return poisson_log_prob_rowsum(value, nz=nz, rate=self.rate)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         with torch.no_grad():

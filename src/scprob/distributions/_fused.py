@@ -1,0 +1,428 @@
+r"""Fused per-cell log-likelihood sums for NB, ZINB and Poisson counts.
+
+Each likelihood of a (cells, genes) count matrix ``x`` is summed over the genes of a cell
+by one ``torch.autograd.Function``.  Its forward computes the per-cell sums with the same
+formulas as the element-wise path (:func:`scprob.distributions._count.log_nb_logits`,
+``log_zinb_logits``, ``log_poisson``) and, while every intermediate is at hand, the
+per-element derivatives; it saves only those (two or three cells x genes tensors instead of
+the dozen intermediates autograd keeps).  The backward scales them by the incoming
+per-cell gradient and sums the broadcast dimensions away: one pass, no graph of small ops.
+
+Negative binomial
+-----------------
+With :math:`\ell = \log\mu - \log\theta` (the NB logits), :math:`s = \sigma(\ell)`,
+:math:`\sigma(-\ell) = 1 - s` and
+
+.. math::
+
+    A &= \log \mathrm{NB}(0) = -\theta\,\mathrm{softplus}(\ell) \\
+    N &= \log\Gamma(x+\theta) - \log\Gamma(\theta) - \log\Gamma(x+1) - x\,\mathrm{softplus}(-\ell)
+         \qquad (N = 0 \text{ at } x = 0) \\
+    \log \mathrm{NB}(x) &= A + N
+
+(:math:`\theta\,\mathrm{softplus}(\ell) = \theta\log\frac{\theta+\mu}{\theta}`,
+:math:`x\,\mathrm{softplus}(-\ell) = x\log\frac{\theta+\mu}{\mu}`).  Using
+:math:`\partial\ell/\partial\log\mu = 1`, :math:`\partial\ell/\partial\log\theta = -1`,
+:math:`\partial\theta/\partial\log\theta = \theta`, :math:`\mathrm{softplus}' = \sigma`:
+
+.. math::
+
+    \partial A/\partial\log\mu &= -\theta s, \qquad
+    \partial A/\partial\log\theta = \theta\,(s - \mathrm{softplus}(\ell)) \\
+    \partial N/\partial\log\mu &= x\,\sigma(-\ell), \qquad
+    \partial N/\partial\log\theta = \theta\,[\psi(x+\theta) - \psi(\theta)] - x\,\sigma(-\ell)
+
+so for one entry :math:`\partial/\partial\log\mu = x\,\sigma(-\ell) - \theta s = x - (x+\theta)s
+= \theta(x-\mu)/(\theta+\mu)` and :math:`\partial/\partial\log\theta = \theta\,[\psi(x+\theta) -
+\psi(\theta) - \mathrm{softplus}(\ell) + s] - x\,\sigma(-\ell)`.
+
+Zero-inflated NB
+----------------
+With dropout logit :math:`\pi` (dropout probability :math:`\sigma(\pi)`) and
+:math:`z = \mathrm{logaddexp}(\pi, A)`:
+
+.. math::
+
+    \log p(0) = z - \mathrm{softplus}(\pi), \qquad \log p(x>0) = A + N - \mathrm{softplus}(\pi).
+
+:math:`\partial z/\partial\pi = e^{\pi - z} = \sigma(\pi - A)` and :math:`\partial z/\partial A =
+e^{A - z} = \sigma(A - \pi)`, so at :math:`x = 0`: :math:`\partial/\partial\pi = e^{\pi-z} -
+\sigma(\pi)`, and the NB derivatives of :math:`A` above times :math:`w_A = e^{A-z}`; at
+:math:`x > 0`: :math:`\partial/\partial\pi = -\sigma(\pi)` and the NB derivatives unchanged.
+
+Poisson
+-------
+:math:`\log p(x) = x\log r - r - \log\Gamma(x+1)`; from the log-rate :math:`\partial/\partial
+\log r = x - r`; from the rate :math:`\partial/\partial r = x/r - 1` (``-1`` at :math:`x = 0`
+even where :math:`r = 0`, where autograd through ``xlogy`` gives NaN).
+
+Sparsity
+--------
+Every term of :math:`N` (and the ZINB correction :math:`A - z`) vanishes at :math:`x = 0`, so
+``lgamma``/``digamma`` run on the non-zero counts only.  The PyTorch path takes their
+coordinates ``nz = (rows, cols)`` (row-major, each non-zero once, as ``(x > 0).nonzero(
+as_tuple=True)`` or a CSR batch's ``indptr``/``indices`` give them) or computes them; with a
+per-gene :math:`\theta`, :math:`\log\Gamma(\theta)` and :math:`\psi(\theta)` are evaluated once per
+gene.  The numba path (CPU, when numba imports) is one loop over each row, parallel over rows,
+with the non-zero terms behind an ``x > 0`` branch; it needs no coordinates.
+
+Backends
+--------
+``SCPROB_LIKELIHOOD_BACKEND`` (or :func:`set_backend`) picks the path:
+
+* ``"auto"`` (default): numba on CPU tensors when numba imports, else the PyTorch Function;
+* ``"numba"``: numba on CPU tensors (an error when numba is missing), PyTorch elsewhere;
+* ``"torch"``: the fused Function with PyTorch ops only (the path CUDA tensors always take);
+* ``"autograd"``: no fused Function; the element-wise reference composed of autograd ops.
+
+Inputs the fused Functions do not cover (``log_mu`` of another shape than ``x``, parameters
+that do not broadcast to ``x`` within two dimensions, mixed or half-precision dtypes, an
+``x`` that requires grad) take the reference path.  The Functions are differentiable once
+(no double backward).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+BACKENDS = ("auto", "numba", "torch", "autograd")
+_ENV = "SCPROB_LIKELIHOOD_BACKEND"
+_backend_override: str | None = None
+_numba_module: Any = None  # the kernels module once imported; False when numba is missing
+
+NonZeros = tuple[torch.Tensor, torch.Tensor]
+
+
+def set_backend(name: str | None) -> None:
+    """Force a backend (one of :data:`BACKENDS`) for this process; ``None`` goes back to
+    ``SCPROB_LIKELIHOOD_BACKEND`` / ``"auto"``."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    global _backend_override
+    _backend_override = name
+
+
+def get_backend() -> str:
+    """The backend in force: :func:`set_backend`'s, else ``SCPROB_LIKELIHOOD_BACKEND``, else ``"auto"``."""
+    if _backend_override is not None:
+        return _backend_override
+    name = os.environ.get(_ENV, "auto") or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"{_ENV} must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def _numba_kernels() -> Any:
+    """The numba kernels module, or None when numba cannot be imported."""
+    global _numba_module
+    if _numba_module is None:
+        try:
+            from . import _fused_numba
+        except ImportError:
+            _numba_module = False
+        else:
+            _numba_module = _fused_numba
+    return _numba_module or None
+
+
+def numba_available() -> bool:
+    return _numba_kernels() is not None
+
+
+def nonzero_coords(x: torch.Tensor) -> NonZeros:
+    """Row-major coordinates ``(rows, cols)`` of the positive entries of ``x``."""
+    rows, cols = (x > 0).nonzero(as_tuple=True)
+    return rows, cols
+
+
+# ----------------------------------------------------------------------------- helpers
+def _row_broadcast(t: torch.Tensor | None, n_genes: int) -> bool:
+    """True when ``t`` is a per-gene parameter: shape (G,) or (1, G)."""
+    return t is not None and t.shape[-1] == n_genes and t.numel() == n_genes
+
+
+def _supported(x: torch.Tensor, log_mu: torch.Tensor, *params: torch.Tensor | None) -> bool:
+    if x.ndim != 2 or log_mu.shape != x.shape or x.requires_grad:
+        return False
+    if log_mu.dtype not in (torch.float32, torch.float64):
+        return False
+    for p in params:
+        if p is None:
+            continue
+        if p.ndim > 2 or p.dtype != log_mu.dtype or p.device != log_mu.device:
+            return False
+        try:
+            if torch.broadcast_shapes(p.shape, x.shape) != x.shape:
+                return False
+        except RuntimeError:
+            return False
+    return x.device == log_mu.device
+
+
+def _scale_reduce(g: torch.Tensor, go: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """sum over cells of ``go[n] * g[n, :]`` reduced to ``shape`` (a parameter's shape)."""
+    if shape == g.shape:
+        return g * go.unsqueeze(1)
+    if g.shape[-1] == shape[-1] and torch.Size(shape).numel() == g.shape[-1]:
+        return (go.to(g.dtype) @ g).reshape(shape)
+    return (g * go.unsqueeze(1)).sum_to_size(shape)
+
+
+# ------------------------------------------------------------------------- dense part
+Result = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+
+
+def _dense(log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None, want_grad: bool) -> dict:
+    """The zero-case terms of every entry (vectorised PyTorch ops) and, with ``want_grad``,
+    their gradients; the non-zero entries are fixed afterwards by :func:`_nz_torch` or the
+    numba kernel.  Returns the intermediates these need."""
+    theta = log_theta.exp()
+    logits = log_mu - log_theta
+    sp = F.softplus(logits)
+    a = -theta * sp  # log NB(0)
+    d: dict = dict(theta=theta, logits=logits, sp=sp, a=a, z=None, sig=None, sig_pi=None,
+                   g_mu=None, g_theta=None, g_pi=None)
+    if zi_logits is None:
+        d["value"] = a.sum(-1)
+    else:
+        z = torch.logaddexp(zi_logits, a)
+        d["z"] = z
+        d["value"] = (z - F.softplus(zi_logits)).sum(-1)
+    if want_grad:
+        sig = torch.sigmoid(logits)
+        d["sig"] = sig
+        g_mu = sig * -theta  # dA/dlog mu = -theta sigmoid(l)
+        g_theta = a - g_mu  # dA/dlog theta = theta (sigmoid(l) - softplus(l))
+        if zi_logits is not None:
+            sig_pi = torch.sigmoid(zi_logits)
+            w_a = torch.exp(a - z)  # dz/dA
+            g_mu.mul_(w_a)
+            g_theta.mul_(w_a)
+            d["g_pi"] = torch.exp(zi_logits - z).sub_(sig_pi)  # dz/dpi - sigmoid(pi)
+            d["sig_pi"] = sig_pi
+        d["g_mu"], d["g_theta"] = g_mu, g_theta
+    return d
+
+
+# ----------------------------------------------------------------------- PyTorch path
+def _nb_torch(
+    x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None,
+    nz: NonZeros, want_grad: bool,
+) -> Result:
+    """Per-cell sums and (with ``want_grad``) the per-element gradients, PyTorch ops only.
+
+    The value is computed as :func:`~scprob.distributions._count.nb_log_prob_rowsum_reference`
+    does (the same operations on the same numbers)."""
+    rows, cols = nz
+    n_genes = x.shape[1]
+    d = _dense(log_mu, log_theta, zi_logits, want_grad)
+    theta, logits = d["theta"], d["logits"]
+    flat = rows * n_genes + cols  # positions in the row-major (cells, genes) matrices
+    xv = torch.take(x, flat)
+    lv = torch.take(logits, flat)
+    per_gene = _row_broadcast(theta, n_genes)
+    if per_gene:  # lgamma/digamma of theta once per gene
+        th_g = theta.reshape(-1)
+        th = th_g[cols]
+        lg_th = torch.lgamma(th_g)[cols]
+    else:
+        th = torch.take(theta.expand_as(logits), flat)
+        lg_th = torch.lgamma(th)
+    xt = xv + th
+    nzv = torch.lgamma(xt) - lg_th - torch.lgamma(xv + 1.0) - xv * F.softplus(-lv)
+    if zi_logits is not None:
+        nzv = nzv + torch.take(d["a"], flat) - torch.take(d["z"], flat)
+    value = d["value"].index_add(0, rows, nzv)
+    if not want_grad:
+        return value, None, None, None
+    g_mu, g_theta, g_pi = d["g_mu"], d["g_theta"], d["g_pi"]
+    dg_th = torch.digamma(th_g)[cols] if per_gene else torch.digamma(th)
+    s_nz = torch.take(d["sig"], flat)
+    sm_nz = torch.sigmoid(-lv)
+    g_mu.put_(flat, xv * sm_nz - th * s_nz)
+    g_theta.put_(flat, th * (s_nz - torch.take(d["sp"], flat) + torch.digamma(xt) - dg_th) - xv * sm_nz)
+    if g_pi is not None:
+        sig_pi = d["sig_pi"]
+        pi_nz = sig_pi.reshape(-1)[cols] if _row_broadcast(sig_pi, n_genes) else torch.take(sig_pi.expand_as(logits), flat)
+        g_pi.put_(flat, -pi_nz)
+    return value, g_mu, g_theta, g_pi
+
+
+# ------------------------------------------------------------------------- numba path
+def _as_2d(t: torch.Tensor, n_genes: int) -> tuple[torch.Tensor, int]:
+    """(contiguous 2-D view, row stride 0 or 1) of a per-gene or full parameter."""
+    if _row_broadcast(t, n_genes):
+        return t.reshape(1, n_genes).contiguous(), 0
+    return t.contiguous(), 1
+
+
+def _numba_ok(x: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None) -> bool:
+    n_genes = x.shape[1]
+    for p in (log_theta, zi_logits):
+        if p is not None and not (_row_broadcast(p, n_genes) or p.shape == x.shape):
+            return False
+    return x.device.type == "cpu"
+
+
+def _nb_numba(
+    x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None, want_grad: bool,
+) -> Result:
+    """Per-cell sums and per-element gradients: the dense part in PyTorch, the non-zero part
+    in one numba kernel (CPU, no ``nonzero``)."""
+    kern = _numba_kernels()
+    n_cells, n_genes = x.shape
+    dtype = log_mu.dtype
+    d = _dense(log_mu, log_theta, zi_logits, want_grad)
+    theta, th_rs = _as_2d(d["theta"], n_genes)
+    th_pre = th_rs == 0
+    dummy = torch.empty((1, 1), dtype=dtype)
+    if th_pre:
+        lg_theta = torch.lgamma(theta)
+        dg_theta = torch.digamma(theta) if want_grad else dummy
+    else:
+        lg_theta = dg_theta = dummy
+    zinb = zi_logits is not None
+    sig_pi, pi_rs = _as_2d(d["sig_pi"], n_genes) if zinb and want_grad else (dummy, 0)
+    value = d["value"].contiguous()
+    g_mu, g_theta, g_pi = (d[k] if d[k] is not None else dummy for k in ("g_mu", "g_theta", "g_pi"))
+    a, z = (d["a"], d["z"]) if zinb else (dummy, dummy)
+    sig, sp = (d["sig"], d["sp"]) if want_grad else (dummy, dummy)
+    arrs = [t.detach().contiguous().numpy() for t in (x.to(dtype), d["logits"], theta)]
+    pre = [t.detach().numpy() for t in (lg_theta, dg_theta)]
+    mid = [t.detach().contiguous().numpy() for t in (sig, sp, a, z, sig_pi)]
+    threads = torch.get_num_threads()
+    if threads > 1 and n_cells > 1:
+        kern.set_threads(threads)
+        fn = kern.nz_rows_parallel
+    else:
+        fn = kern.nz_rows_serial
+    fn(*arrs, th_rs, *pre, th_pre, *mid, pi_rs, zinb, want_grad,
+       value.detach().numpy(), g_mu.detach().numpy(), g_theta.detach().numpy(), g_pi.detach().numpy())
+    if not want_grad:
+        return value, None, None, None
+    return value, d["g_mu"], d["g_theta"], d["g_pi"]
+
+
+# ------------------------------------------------------------------------ Functions
+class NBLogProbRowSum(torch.autograd.Function):
+    r"""``sum_g log NB(x_ng | mu_ng, theta_ng)`` (ZINB with ``zi_logits``) per cell, fused.
+
+    ``apply(x, log_mu, log_theta, zi_logits, rows, cols, use_numba)``; the gradients of
+    ``log_theta`` and ``zi_logits`` have their input shapes (per-gene parameters are summed
+    over cells).  Math in the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x, log_mu, log_theta, zi_logits, rows, cols, use_numba):  # type: ignore[override]
+        if use_numba:
+            value, g_mu, g_theta, g_pi = _nb_numba(x, log_mu, log_theta, zi_logits, True)
+        else:
+            value, g_mu, g_theta, g_pi = _nb_torch(x, log_mu, log_theta, zi_logits, (rows, cols), True)
+        ctx.save_for_backward(g_mu, g_theta, g_pi)
+        ctx.theta_shape = log_theta.shape
+        ctx.pi_shape = None if zi_logits is None else zi_logits.shape
+        return value
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        g_mu, g_theta, g_pi = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        d_mu = g_mu * grad_out.unsqueeze(1) if need[1] else None
+        d_theta = _scale_reduce(g_theta, grad_out, ctx.theta_shape) if need[2] else None
+        d_pi = _scale_reduce(g_pi, grad_out, ctx.pi_shape) if need[3] and g_pi is not None else None
+        return None, d_mu, d_theta, d_pi, None, None, None
+
+
+class PoissonLogProbRowSum(torch.autograd.Function):
+    r"""``sum_g [x log r - r - lgamma(x + 1)]`` per cell from the log-rate (``from_log``) or
+    the rate; gradient ``x - r`` or ``x / r - 1``."""
+
+    @staticmethod
+    def forward(ctx, x, param, rows, cols, from_log):  # type: ignore[override]
+        value, grad = _poisson_torch(x, param, (rows, cols), from_log, True)
+        ctx.save_for_backward(grad)
+        return value
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return None, grad * grad_out.unsqueeze(1), None, None, None
+
+
+def _poisson_torch(
+    x: torch.Tensor, param: torch.Tensor, nz: NonZeros, from_log: bool, want_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    rows, cols = nz
+    xv = x[rows, cols]
+    if from_log:
+        rate = param.exp()
+        log_r = param[rows, cols]
+    else:
+        rate = param
+        log_r = torch.log(param[rows, cols])
+    value = (-rate).sum(-1).index_add(0, rows, xv * log_r - torch.lgamma(xv + 1.0))
+    if not want_grad:
+        return value, None
+    if from_log:
+        grad = -rate
+        grad = grad.index_put((rows, cols), xv - rate[rows, cols])
+    else:
+        grad = torch.full_like(param, -1.0)
+        grad.index_put_((rows, cols), xv / param[rows, cols] - 1.0)
+    return value, grad
+
+
+# ------------------------------------------------------------------------ entry points
+def _grad_needed(*ts: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def nb_rowsum(
+    x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None = None,
+    nz: NonZeros | None = None,
+) -> torch.Tensor | None:
+    """Fused NB/ZINB per-cell sums, or None where the inputs need the reference path."""
+    backend = get_backend()
+    if backend == "autograd" or not _supported(x, log_mu, log_theta, zi_logits):
+        return None
+    use_numba = False
+    if backend in ("auto", "numba") and _numba_ok(x, log_theta, zi_logits):
+        use_numba = numba_available()
+        if backend == "numba" and not use_numba:
+            raise ImportError("SCPROB_LIKELIHOOD_BACKEND='numba' but numba cannot be imported")
+    if x.dtype != log_mu.dtype:
+        x = x.to(log_mu.dtype)
+    if not use_numba and nz is None:
+        nz = nonzero_coords(x)
+    rows, cols = (None, None) if use_numba else nz
+    if not _grad_needed(log_mu, log_theta, zi_logits):
+        if use_numba:
+            return _nb_numba(x, log_mu, log_theta, zi_logits, False)[0]
+        return _nb_torch(x, log_mu, log_theta, zi_logits, (rows, cols), False)[0]
+    return NBLogProbRowSum.apply(x, log_mu, log_theta, zi_logits, rows, cols, use_numba)
+
+
+def poisson_rowsum(
+    x: torch.Tensor, log_rate: torch.Tensor | None = None, nz: NonZeros | None = None, *,
+    rate: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Fused Poisson per-cell sums from ``log_rate`` or ``rate``, or None where the inputs
+    need the reference path."""
+    if (log_rate is None) == (rate is None):
+        raise ValueError("Give exactly one of `log_rate` or `rate`.")
+    param = log_rate if log_rate is not None else rate
+    if get_backend() == "autograd" or not _supported(x, param):
+        return None
+    if x.dtype != param.dtype:
+        x = x.to(param.dtype)
+    rows, cols = nz if nz is not None else nonzero_coords(x)
+    from_log = log_rate is not None
+    if not _grad_needed(param):
+        return _poisson_torch(x, param, (rows, cols), from_log, False)[0]
+    return PoissonLogProbRowSum.apply(x, param, rows, cols, from_log)

@@ -1,0 +1,138 @@
+"""numba kernel for the non-zero part of the fused NB / ZINB per-cell log-likelihood (CPU).
+
+Imported lazily by :mod:`scprob.distributions._fused` (importing numba costs a few hundred
+milliseconds, compiling a kernel a few seconds the first time; ``cache=True`` keeps the
+machine code on disk).  The dense zero-case terms (one ``exp``/``log1p`` per entry) stay in
+PyTorch's vectorised kernels: this build of numba has no vectorised math library, so its
+scalar ``exp``/``log1p`` loops are slower than them.  What numba fuses is the ``x > 0`` part
+(math in :mod:`scprob.distributions._fused`), which PyTorch runs as a ``nonzero``, a dozen
+gathers and scatters and scalar ``lgamma``/``digamma`` kernels: here one loop over each row
+does the non-zero terms behind an ``x > 0`` branch, adds them to the row sums and
+overwrites the gradients at the non-zeros, with no coordinates needed.
+
+All arithmetic is in float64 whatever the input dtype; outputs keep the input dtype.  Rows
+are independent: ``nz_rows_parallel`` splits them over numba's threads (``prange``),
+``nz_rows_serial`` runs on the calling thread.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+# torch.nn.functional.softplus(x) returns x itself above this (its default threshold);
+# the kernels do the same so that their values match the PyTorch path.
+_SOFTPLUS_THRESHOLD = 20.0
+# digamma(10), the value at which the recurrence of _digamma stops exactly.
+_PSI_10 = 2.25175258906672110764
+
+
+@njit(cache=True, inline="always")
+def _digamma(x: float) -> float:
+    """psi(x) for x > 0, the algorithm of PyTorch's CPU ``digamma`` (Cephes ``psi``):
+    recurrence psi(x) = psi(x + 1) - 1/x up to x >= 10, then the asymptotic series
+    log x - 1/(2x) - sum_k B_2k / (2k x^2k)."""
+    if x == 0.0:
+        return -math.inf
+    result = 0.0
+    while x < 10.0:
+        result -= 1.0 / x
+        x += 1.0
+    if x == 10.0:
+        return result + _PSI_10
+    y = 0.0
+    if x < 1.0e17:
+        z = 1.0 / (x * x)
+        p = 8.33333333333333333333e-2
+        p = p * z - 2.10927960927960927961e-2
+        p = p * z + 7.57575757575757575758e-3
+        p = p * z - 4.16666666666666666667e-3
+        p = p * z + 3.96825396825396825397e-3
+        p = p * z - 8.33333333333333333333e-3
+        p = p * z + 8.33333333333333333333e-2
+        y = z * p
+    return result + math.log(x) - 0.5 / x - y
+
+
+@njit(cache=True, inline="always")
+def _softplus_sigmoid(v: float) -> tuple[float, float, float, float]:
+    """(softplus(v), softplus(-v), sigmoid(v), sigmoid(-v)) from one exp and one log1p,
+    with torch's softplus threshold (softplus(v) = v for v > 20)."""
+    e = math.exp(-abs(v))
+    lg = math.log1p(e)
+    r = 1.0 / (1.0 + e)
+    if v >= 0.0:
+        sp, spm, s, sm = v + lg, lg, r, e * r
+    else:
+        sp, spm, s, sm = lg, lg - v, e * r, r
+    if v > _SOFTPLUS_THRESHOLD:
+        sp = v
+    if -v > _SOFTPLUS_THRESHOLD:
+        spm = -v
+    return sp, spm, s, sm
+
+
+@njit(cache=True, inline="always")
+def _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb, want_grad,
+            g_mu, g_theta, g_pi) -> float:
+    """The ``x > 0`` part of row ``n``: returns sum_{g: x>0} [N (+ A - z for ZINB)] and, with
+    ``want_grad``, overwrites the row's gradients at the non-zeros with the NB derivatives
+    (weight 1 on A, -sigmoid(pi) for the dropout logit).  ``th_rs``/``pi_rs`` are 0 for
+    per-gene (1, G) parameters, 1 for (N, G); ``th_pre`` says lgamma/digamma of theta are
+    precomputed per gene in ``lg_theta``/``dg_theta``."""
+    tr = n * th_rs
+    pr = n * pi_rs
+    acc = 0.0
+    for g in range(x.shape[1]):
+        xv = np.float64(x[n, g])
+        if xv > 0.0:
+            t = np.float64(theta[tr, g])
+            lv = np.float64(logits[n, g])
+            _, spm, _, sm = _softplus_sigmoid(lv)
+            xt = xv + t
+            if th_pre:
+                lgt = np.float64(lg_theta[tr, g])
+                dgt = np.float64(dg_theta[tr, g])
+            else:
+                lgt = math.lgamma(t)
+                dgt = _digamma(t) if want_grad else 0.0
+            corr = math.lgamma(xt) - lgt - math.lgamma(xv + 1.0) - xv * spm
+            if zinb:
+                corr += np.float64(a[n, g]) - np.float64(z[n, g])
+            acc += corr
+            if want_grad:
+                s = np.float64(sig[n, g])
+                g_mu[n, g] = xv * sm - t * s
+                g_theta[n, g] = t * (s - np.float64(sp[n, g]) + _digamma(xt) - dgt) - xv * sm
+                if zinb:
+                    g_pi[n, g] = -sig_pi[pr, g]
+    return acc
+
+
+@njit(cache=True)
+def nz_rows_serial(x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb, want_grad,
+                   out, g_mu, g_theta, g_pi) -> None:
+    """Add the non-zero part of each row to ``out`` (and fix the gradients) row after row."""
+    for n in range(x.shape[0]):
+        out[n] += _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb,
+                          want_grad, g_mu, g_theta, g_pi)
+
+
+@njit(cache=True, parallel=True)
+def nz_rows_parallel(x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb,
+                     want_grad, out, g_mu, g_theta, g_pi) -> None:
+    """:func:`nz_rows_serial` with the rows split over numba's threads."""
+    for n in prange(x.shape[0]):
+        out[n] += _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb,
+                          want_grad, g_mu, g_theta, g_pi)
+
+
+def set_threads(n: int) -> int:
+    """Use ``n`` numba threads (capped at numba's pool size); returns the count used."""
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    return n

@@ -1,0 +1,229 @@
+"""Fused per-cell NB / ZINB / Poisson log-likelihoods (scprob.distributions._fused) against
+the element-wise autograd reference: values, gradients, gradcheck, nz, numba vs PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scprob.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial, _fused, log_nb_logits, log_poisson
+from scprob.distributions._count import (
+    nb_log_prob_rowsum,
+    nb_log_prob_rowsum_reference,
+    poisson_log_prob_rowsum,
+)
+
+BACKENDS = ["torch"] + (["numba"] if _fused.numba_available() else [])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_default_backend():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    _fused.set_backend(None)
+
+
+def _counts(n: int, g: int, dtype: torch.dtype, density: float = 0.3, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.poisson(torch.rand(n, g, generator=gen, dtype=torch.float64) * 4, generator=gen)
+    x = x * (torch.rand(n, g, generator=gen, dtype=torch.float64) < density)
+    x[1] = 0.0  # an all-zero row
+    x[2, : g // 2] = 0.0  # a sparse row
+    x[3, 0] = 30.0  # a large count
+    return x.to(dtype)
+
+
+def _params(n, g, dtype, full_theta, zinb, seed=1, lt_value=None, lm_value=None, pi_scale=2.0):
+    gen = torch.Generator().manual_seed(seed)
+    lm = torch.randn(n, g, generator=gen, dtype=torch.float64) + 0.5
+    lt = torch.randn(*((n, g) if full_theta else (g,)), generator=gen, dtype=torch.float64)
+    pi = torch.randn(n, g, generator=gen, dtype=torch.float64) * pi_scale if zinb else None
+    if lm_value is not None:
+        lm[:, : g // 2] = lm_value
+    if lt_value is not None:
+        lt.fill_(lt_value)
+    out = [t.to(dtype).requires_grad_() for t in (lm, lt)]
+    out.append(None if pi is None else pi.to(dtype).requires_grad_())
+    return out
+
+
+def _value_and_grads(fn, x, lm, lt, pi, w):
+    v = fn(x, lm, lt, pi)
+    inputs = [t for t in (lm, lt, pi) if t is not None]
+    return v.detach(), torch.autograd.grad((v * w).sum(), inputs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("zinb", [False, True])
+@pytest.mark.parametrize("full_theta", [False, True])
+def test_value_and_grads_match_reference(backend, dtype, zinb, full_theta):
+    _fused.set_backend(backend)
+    n, g = 12, 25
+    x = _counts(n, g, dtype)
+    lm, lt, pi = _params(n, g, dtype, full_theta, zinb)
+    w = torch.linspace(-1.0, 2.0, n, dtype=dtype)
+    v_ref, g_ref = _value_and_grads(nb_log_prob_rowsum_reference, x, lm, lt, pi, w)
+    v, grads = _value_and_grads(nb_log_prob_rowsum, x, lm, lt, pi, w)
+    # the element-wise log_prob agrees too
+    if zinb:
+        ref_elem = ZeroInflatedNegativeBinomial(log_mu=lm, theta=lt.exp(), zi_logits=pi).log_prob(x).sum(-1)
+    else:
+        ref_elem = log_nb_logits(x, lm, lt).sum(-1)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(v, v_ref, **tol)
+    torch.testing.assert_close(v, ref_elem.detach(), **tol)
+    for a, b, t in zip(grads, g_ref, (lm, lt, pi)):
+        assert a.shape == t.shape
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(),
+        dict(lt_value=torch.log(torch.tensor(1e-4)).item()),
+        dict(lt_value=torch.log(torch.tensor(1e6)).item()),
+        dict(lm_value=-30.0),
+        dict(full_theta=True),
+        dict(zinb=True),
+        dict(zinb=True, full_theta=True, lm_value=-30.0),
+        dict(zinb=True, pi_scale=20.0),
+    ],
+    ids=["per_gene", "theta_1e-4", "theta_1e6", "mu_to_0", "full_theta", "zinb", "zinb_full_mu0", "zinb_logits_20"],
+)
+def test_gradcheck(backend, case):
+    _fused.set_backend(backend)
+    n, g = 5, 6
+    case = dict(case)
+    full_theta, zinb = case.pop("full_theta", False), case.pop("zinb", False)
+    x = _counts(n, g, torch.float64, density=0.5)
+    x[3, 0] = 7.0
+    lm, lt, pi = _params(n, g, torch.float64, full_theta, zinb, **case)
+    if case.get("pi_scale") == 20.0:
+        # +-20.5, not 20: torch's softplus switches to the identity at exactly 20, a kink
+        # (of 2e-9) that central differences across 20 would see
+        pi.data = torch.where(pi.data > 0, 20.5, -20.5).to(torch.float64)
+    inputs = (lm, lt) if pi is None else (lm, lt, pi)
+
+    def f(*args):
+        return nb_log_prob_rowsum(x, *args)
+
+    # theta = 1e6: lgamma(x + theta) - lgamma(theta) is a difference of numbers ~1e7, so the
+    # finite differences need a wider step
+    eps = 1e-3 if case.get("lt_value", 0.0) > 10 else 1e-6
+    assert torch.autograd.gradcheck(f, inputs, eps=eps, atol=1e-5, rtol=1e-3)
+    if pi is None:  # theta alone, a (1, G) row as GLUE's decoders give it
+        lt_row = lt.detach().reshape(1, -1).requires_grad_() if not full_theta else lt
+        assert torch.autograd.gradcheck(lambda t: nb_log_prob_rowsum(x, lm.detach(), t), (lt_row,), eps=eps, rtol=1e-3)
+
+
+@pytest.mark.parametrize("zinb", [False, True])
+def test_precomputed_nz_equals_computed(zinb):
+    _fused.set_backend("torch")
+    x = _counts(10, 20, torch.float32)
+    lm, lt, pi = _params(10, 20, torch.float32, False, zinb)
+    nz = (x > 0).nonzero(as_tuple=True)
+    w = torch.randn(10)
+    v0, g0 = _value_and_grads(nb_log_prob_rowsum, x, lm, lt, pi, w)
+    v1, g1 = _value_and_grads(lambda *a: nb_log_prob_rowsum(*a, nz=nz), x, lm, lt, pi, w)
+    torch.testing.assert_close(v0, v1, rtol=0, atol=0)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the distributions pass nz through
+    d = ZeroInflatedNegativeBinomial(log_mu=lm, theta=lt.exp(), zi_logits=pi) if zinb else NegativeBinomial(log_mu=lm, theta=lt.exp())
+    torch.testing.assert_close(d.log_prob_rowsum(x, nz=nz).detach(), v0, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not _fused.numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("zinb", [False, True])
+def test_numba_equals_torch(threads, dtype, zinb):
+    torch.set_num_threads(threads)
+    x = _counts(9, 17, dtype)
+    out = {}
+    for full_theta in (False, True):
+        lm, lt, pi = _params(9, 17, dtype, full_theta, zinb)
+        w = torch.randn(9, dtype=dtype)
+        for backend in ("torch", "numba"):
+            _fused.set_backend(backend)
+            out[backend] = _value_and_grads(nb_log_prob_rowsum, x, lm, lt, pi, w)
+            with torch.no_grad():  # the no-grad path gives the same value
+                torch.testing.assert_close(nb_log_prob_rowsum(x, lm, lt, pi), out[backend][0], rtol=0, atol=0)
+        tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-11)
+        torch.testing.assert_close(out["numba"][0], out["torch"][0], **tol)
+        for a, b in zip(out["numba"][1], out["torch"][1]):
+            torch.testing.assert_close(a, b, **tol)
+
+
+def test_reference_backend_and_fallbacks():
+    x = _counts(6, 8, torch.float32)
+    lm, lt, pi = _params(6, 8, torch.float32, False, True)
+    _fused.set_backend("autograd")
+    v = nb_log_prob_rowsum(x, lm, lt, pi)
+    assert "NBLogProbRowSum" not in type(v.grad_fn).__name__
+    _fused.set_backend(None)
+    v2 = nb_log_prob_rowsum(x, lm, lt, pi)
+    assert "NBLogProbRowSum" in type(v2.grad_fn).__name__
+    torch.testing.assert_close(v, v2, rtol=1e-5, atol=1e-4)
+    # Monte-Carlo samples (3-D) and broadcast log_mu take the element-wise path
+    lm3 = lm.detach().expand(2, 6, 8)
+    d = NegativeBinomial(log_mu=lm3, theta=lt.detach().exp())
+    torch.testing.assert_close(d.log_prob_rowsum(x), log_nb_logits(x, lm3, lt.detach()).sum(-1))
+    row = lm.detach()[:1]
+    torch.testing.assert_close(nb_log_prob_rowsum(x, row, lt.detach()), log_nb_logits(x, row, lt.detach()).sum(-1))
+    with pytest.raises(ValueError):
+        _fused.set_backend("nope")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_poisson_matches_reference(dtype):
+    x = _counts(8, 10, dtype)
+    gen = torch.Generator().manual_seed(3)
+    lr = (torch.randn(8, 10, generator=gen, dtype=torch.float64) + 0.5).to(dtype).requires_grad_()
+    w = torch.randn(8, dtype=dtype)
+    ref = log_poisson(x, lr.exp()).sum(-1)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), lr)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for make in (lambda: Poisson(log_rate=lr), lambda: Poisson(rate=lr.exp())):
+        d = make()
+        v = d.log_prob_rowsum(x)
+        assert "PoissonLogProbRowSum" in type(v.grad_fn).__name__
+        (g,) = torch.autograd.grad((v * w).sum(), lr)
+        torch.testing.assert_close(v.detach(), ref.detach(), **tol)
+        torch.testing.assert_close(g, g_ref, **tol)
+    nz = (x > 0).nonzero(as_tuple=True)
+    torch.testing.assert_close(poisson_log_prob_rowsum(x, lr, nz), poisson_log_prob_rowsum(x, lr), rtol=0, atol=0)
+
+
+def test_poisson_gradcheck_and_zero_rate():
+    x = _counts(5, 6, torch.float64, density=0.5)
+    lr = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: poisson_log_prob_rowsum(x, t), (lr,))
+    rate = lr.detach().exp().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: poisson_log_prob_rowsum(x, rate=t), (rate,))
+    # rate exactly 0 where x = 0: finite value, gradient -1 (autograd through xlogy gives NaN)
+    rate0 = torch.where(x > 0, rate.detach(), 0.0).requires_grad_()
+    v = poisson_log_prob_rowsum(x, rate=rate0)
+    (g,) = torch.autograd.grad(v.sum(), rate0)
+    assert torch.isfinite(v).all()
+    assert torch.equal(g[x == 0], torch.full_like(g[x == 0], -1.0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("zinb", [False, True])
+def test_cuda_matches_cpu(zinb):
+    x = _counts(12, 25, torch.float32)
+    lm, lt, pi = _params(12, 25, torch.float32, False, zinb)
+    w = torch.randn(12)
+    v_cpu, g_cpu = _value_and_grads(nb_log_prob_rowsum, x, lm, lt, pi, w)
+    dev = [None if t is None else t.detach().cuda().requires_grad_() for t in (lm, lt, pi)]
+    v, g = _value_and_grads(nb_log_prob_rowsum, x.cuda(), *dev, w.cuda())
+    assert "NBLogProbRowSum" in type(nb_log_prob_rowsum(x.cuda(), *dev).grad_fn).__name__
+    torch.testing.assert_close(v.cpu(), v_cpu, rtol=1e-5, atol=1e-4)
+    for a, b in zip(g, g_cpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-4)
