@@ -63,8 +63,11 @@ Every term of :math:`N` (and the ZINB correction :math:`A - z`) vanishes at :mat
 coordinates ``nz = (rows, cols)`` (row-major, each non-zero once, as ``(x > 0).nonzero(
 as_tuple=True)`` or a CSR batch's ``indptr``/``indices`` give them) or computes them; with a
 per-gene :math:`\theta`, :math:`\log\Gamma(\theta)` and :math:`\psi(\theta)` are evaluated once per
-gene.  The numba path (CPU, when numba imports) is one loop over each row, parallel over rows,
-with the non-zero terms behind an ``x > 0`` branch; it needs no coordinates.
+gene.  The numba path (CPU, when numba imports) keeps the dense zero-case terms in PyTorch's
+vectorised kernels and replaces everything at the non-zeros (``nonzero``, gathers, scatters,
+``lgamma``/``digamma``) by one numba loop over each row (parallel over rows at more than one
+torch thread, with numba's thread count set to torch's) that branches on ``x > 0``; it
+needs no coordinates.
 
 Backends
 --------
