@@ -542,7 +542,7 @@ def test_link_loss_value_and_gradient_reach_only_the_encoder():
     mod.train()
     inf = mod.inference(x={k: b["X"] for k, b in batch.items()}, xrep={})
     v = mod.g2v().rsample()
-    loss = mod.link_loss(batch, inf, v)
+    loss = mod.link_loss(mod._cross(batch, inf, v))
 
     def by_hand(k, m, vm):  # activity of m's linked features in k's cells vs m's decoder at u_k
         x = batch[k]["X"]
@@ -570,12 +570,15 @@ def test_link_loss_off_is_the_original_objective():
     batch = {k: stores[k][torch.arange(40)] for k in stores}
     glue.module.eval()
     torch.manual_seed(0)
-    _, _, off = glue.module(batch, loss_kwargs=dict(lam_link=0.0))
+    _, _, off = glue.module(batch, loss_kwargs=dict(lam_link=0.0, lam_match=0.0))
     torch.manual_seed(0)
-    _, _, on = glue.module(batch, loss_kwargs=dict(lam_link=0.2))
+    _, _, on = glue.module(batch, loss_kwargs=dict(lam_link=0.2, lam_match=0.05))
     assert "link_loss" not in off.extra_metrics and "link_loss" in on.extra_metrics
+    assert "match_loss" not in off.extra_metrics and "match_loss" in on.extra_metrics
     link = float(on.extra_metrics["link_loss"]) / on.n_obs_minibatch
-    np.testing.assert_allclose(float(on.loss.detach()), float(off.loss.detach()) + 0.2 * link, rtol=1e-5)
+    match = float(on.extra_metrics["match_loss"]) / on.n_obs_minibatch
+    assert match > 0
+    np.testing.assert_allclose(float(on.loss.detach()), float(off.loss.detach()) + 0.2 * link + 0.05 * match, rtol=1e-5)
 
 
 def test_untrained_model_encodes_and_is_deterministic():
@@ -940,3 +943,40 @@ def test_nan_guard_stops_glue_with_finite_weights():
         glue.train(max_epochs=3, early_stopping=False, lr=1e8, **FIT)
     assert all(torch.isfinite(p).all() for p in glue.module.parameters())
     assert not glue.is_trained_
+
+
+def test_sinkhorn_plan_has_uniform_marginals_and_follows_the_cost():
+    from scprob.modules.glue import _sinkhorn
+
+    g = torch.Generator().manual_seed(0)
+    cost = torch.rand(30, 20, generator=g, dtype=torch.float64) + 0.5
+    perm = torch.randperm(20, generator=g)
+    cost[torch.arange(20), perm] = 0.0  # a cheap match for the first 20 rows
+    plan = _sinkhorn(cost, 0.05, 200)
+    np.testing.assert_allclose(plan.sum(1).numpy(), np.full(30, 1 / 30), rtol=1e-6)
+    np.testing.assert_allclose(plan.sum(0).numpy(), np.full(20, 1 / 20), rtol=1e-3)
+    assert (plan[:20].argmax(1) == perm).all()
+
+
+def test_match_loss_pulls_linked_lookalikes_together():
+    """On paired cells whose linked features agree, the matching term's gradient moves
+    each cell of one modality towards its own partner in the other, through both encoders."""
+    rna, atac, edges = configured()
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    mod = glue.module
+    stores = glue._stores(glue.adatas, "cpu")
+    batch = {"rna": stores["rna"][torch.arange(60)], "atac": stores["atac"][torch.as_tensor(truth_order(rna, atac)[:60])]}
+    mod.train()
+    inf = mod.inference(x={k: b["X"] for k, b in batch.items()}, xrep={})
+    loss = mod.match_loss(inf, mod._cross(batch, inf, mod.g2v().rsample()))
+    mod.zero_grad()
+    loss.backward()
+    for k in ("rna", "atac"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.encoders[k].parameters())
+    with torch.no_grad():  # the plan puts more mass on true partners than uniform would
+        cross = mod._cross(batch, inf, mod.g2v().loc)
+        k, m = ("atac", "rna") if mod.keys.index("atac") < mod.keys.index("rna") else ("rna", "atac")
+        from scprob.modules.glue import _corr_dist, _sinkhorn
+
+        plan = _sinkhorn(_corr_dist(cross[(k, m)]["act"], cross[(k, m)]["own"]), 0.05, 50)
+    assert float(plan.diagonal().sum()) > 3.0 / 60

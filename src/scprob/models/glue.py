@@ -181,7 +181,7 @@ class GLUE:
 
     def train(self, max_epochs: int | None = None, batch_size: int = 128, train_size: float = 0.9, lr: float = 2e-3,
               lam_data: float = 1.0, lam_kl: float = 1.0, lam_graph: float = 0.02, lam_align: float = 0.05,
-              lam_sup: float = 0.02, lam_link: float = 0.2, modality_weight: Mapping[str, float] | None = None, neg_samples: int = 1,
+              lam_sup: float = 0.02, lam_link: float = 0.2, lam_match: float = 0.0, modality_weight: Mapping[str, float] | None = None, neg_samples: int = 1,
               align_burnin: int | None = None, burnin_noise: float = 1.5, optimizer: str = "RMSprop", balance: bool = True,
               early_stopping: bool = True, patience: int | None = None, seed: int | None = None, accelerator: str = "auto", devices: int | str = 1,
               enable_progress_bar: bool = True, checkpoint_dir: str | os.PathLike | None = None,
@@ -196,7 +196,11 @@ class GLUE:
         of the budget).  ``optimizer``: "RMSprop" (default) or "Adam", both networks.
         ``lam_*`` weigh the terms of the objective (see :mod:`scprob.modules.glue`):
         ``lam_link`` the linked-feature consistency across modalities (0 gives GLUE's
-        original objective); ``modality_weight`` the modalities' data terms.
+        original objective); ``lam_match`` (default off) the optimal-transport matching of
+        cells whose linked features agree: it helps where one modality is a few strong
+        markers linked one-to-one (CITE-seq antibodies: FOSCTTM 0.27 -> 0.16 on PBMC with
+        0.05) and hurts where the linked evidence per cell is weak (sparse peaks summed onto
+        genes); ``modality_weight`` the modalities' data terms.
 
         ``checkpoint_dir``: keep ``checkpoint_dir/last.ckpt`` up to date every
         ``checkpoint_every_n_epochs`` epochs and at the end of each stage (atomic writes);
@@ -239,7 +243,7 @@ class GLUE:
             budget = int(resumed["budget"])
         patience = max(8, budget // 10) if patience is None else int(patience)
         burnin = max(1, budget // 10) if align_burnin is None else int(align_burnin)
-        loss_kwargs = dict(lam_data=lam_data, lam_kl=lam_kl, lam_graph=lam_graph, lam_sup=lam_sup, lam_link=lam_link,
+        loss_kwargs = dict(lam_data=lam_data, lam_kl=lam_kl, lam_graph=lam_graph, lam_sup=lam_sup, lam_link=lam_link, lam_match=lam_match,
                            modality_weight=dict(modality_weight or {}))
         history: dict[str, list] = {}
         offset = 0

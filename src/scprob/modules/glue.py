@@ -37,7 +37,7 @@ and for the graph, per edge, with positives ``E+`` (drawn by weight) and negativ
 many cells and edges, so that it regularizes without washing the embeddings out),
 
     vae_loss = lam_data * sum_k w_k x_elbo_k + lam_graph * K * g_elbo
-               + lam_link * link_loss + lam_sup * sup_loss
+               + lam_link * link_loss + lam_match * match_loss + lam_sup * sup_loss
 
 where ``w_k`` are modality weights (normalized to sum 1), ``K`` the number of modalities
 and ``sup_loss`` the cross-entropy of a linear cell-type classifier on ``u`` over the
@@ -58,7 +58,25 @@ Both are standardized per feature over the minibatch and each cell's rows are co
 Only ``k``'s encoder learns from it (``m``'s decoder and ``v`` are held fixed): it
 places each cell where the other modality's decoder predicts what the cell's own
 linked features show, which adversarial alignment alone does not (on small data, a
-discriminator matches the two distributions but not the pairing within them).  A discriminator ``D(u, b)`` predicts each cell's
+discriminator matches the two distributions but not the pairing within them).
+
+``match_loss`` (not in the GLUE paper either) pulls cells of two linked modalities that
+look alike through the graph towards each other.  For a minibatch of ``k``'s cells ``i``
+and ``m``'s cells ``j`` (rows standardized as above, ``dist = 1 - corr``)::
+
+    C_ij = dist(a_i, y_j)                     (k's data mapped onto m's linked features vs
+                                               m's own linked features ``y``)
+         + dist(p_i, y_j) + dist(y'_i, p'_j)  (each decoder at the other modality's cells
+                                               vs that modality's own linked features)
+    P    = argmin_P <P, C> - eps H(P)          (entropic optimal transport, uniform
+                                               marginals, eps = 0.05, log-domain Sinkhorn)
+    match_loss = sum_ij P_ij ||u_i - u_j||^2
+
+``P`` is a constant (no gradient); both encoders learn from the distances.  The raw term
+is the classic "correlate each antibody with its gene" pairing, the decoder terms let
+the rest of each modality's features sharpen it as training goes.
+
+A discriminator ``D(u, b)`` predicts each cell's
 modality from its embedding (and its batch); with per-cell balancing weights ``c``::
 
     dsc_loss = sum_cells c * CE(D(u, b), k) / n_cells
@@ -70,6 +88,7 @@ The discriminator minimizes ``lam_align * dsc_loss``; the encoders and decoders 
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -91,6 +110,32 @@ def _standardize(a: torch.Tensor) -> torch.Tensor:
     """Columns centred and scaled to unit variance over the rows (a constant column -> 0)."""
     a = a - a.mean(0)
     return a / (a.square().mean(0) + 1e-8).sqrt()
+
+
+def _unit_rows(a: torch.Tensor) -> torch.Tensor:
+    """Columns standardized, then rows centred and scaled to unit norm."""
+    a = _standardize(a)
+    a = a - a.mean(1, keepdim=True)
+    return a / (a.norm(dim=1, keepdim=True) + 1e-8)
+
+
+def _corr_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - correlation of every row of ``a`` with every row of ``b`` (columns standardized
+    within each matrix first): a rows(a) x rows(b) cost in [0, 2]."""
+    return 1.0 - _unit_rows(a) @ _unit_rows(b).t()
+
+
+def _sinkhorn(cost: torch.Tensor, eps: float, n_iter: int) -> torch.Tensor:
+    """Entropic optimal transport plan between uniform marginals (log-domain Sinkhorn):
+    ``argmin_P <P, C> - eps H(P)`` with rows summing to 1/n and columns to 1/m."""
+    n, m = cost.shape
+    logk = -cost / eps
+    f = cost.new_zeros(n)
+    g = cost.new_zeros(m)
+    for _ in range(n_iter):
+        f = -torch.logsumexp(logk + g, dim=1) - math.log(n)
+        g = -torch.logsumexp(logk + f[:, None], dim=0) - math.log(m)
+    return (logk + f[:, None] + g).exp()
 
 
 def _row_corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -198,29 +243,55 @@ class GLUEModule(BaseModule):
                 self.register_buffer(f"linkidx_{k}_{m}", linked, persistent=False)
                 self.links.append((k, m))
 
-    def link_loss(self, tensors, inference_outputs, v: torch.Tensor) -> torch.Tensor | None:
-        """Linked-feature consistency (``link_loss`` in the module docstring); ``None``
-        when no minibatch has a modality with cross-modality links."""
-        terms = []
+    def _cross(self, tensors, inference_outputs, v: torch.Tensor) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
+        """Per linked pair ``(k, m)`` with both in the minibatch (or ``k`` alone for the
+        link term): ``act`` = ``k``'s data mapped onto ``m``'s linked features, ``own`` =
+        ``m``'s own linked features (when ``m``'s cells are present), ``pred`` = ``m``'s
+        decoder at ``k``'s embeddings on those features (log mean for counts), with ``m``'s
+        decoder and ``v`` held fixed so that only ``k``'s encoder learns from it."""
+        out = {}
         for k, m in self.links:
-            if k not in inference_outputs["u"] or k not in tensors:
+            if k not in inference_outputs["u"] or k not in tensors or tensors[k][Keys.X].shape[0] < 3:
                 continue
-            x = tensors[k][Keys.X]
-            if x.shape[0] < 3:
-                continue
-            enc = self.encoders[k]
+            idx = getattr(self, f"linkidx_{k}_{m}")
             with torch.no_grad():  # the library size is the one inference computed
-                act = (getattr(self, f"link_{k}_{m}") @ enc.normalize(x, inference_outputs["l"][k]).t()).t()
+                act = (getattr(self, f"link_{k}_{m}") @ self.encoders[k].normalize(tensors[k][Keys.X], inference_outputs["l"][k]).t()).t()
+                own = None
+                if m in inference_outputs["u"] and tensors[m][Keys.X].shape[0] >= 3:
+                    own = self.encoders[m].normalize(tensors[m][Keys.X], inference_outputs["l"][m]).index_select(1, idx)
             u = inference_outputs["u"][k]
             dec = self.decoders[m]
             frozen = {n: p.detach() for n, p in dec.named_parameters()}
-            vm = self.feature_embeddings(v, m).detach()
             b0 = torch.zeros(u.shape[0], dtype=torch.long, device=u.device)
-            lib = u.new_ones(u.shape[0], 1)
-            px = torch.func.functional_call(dec, frozen, (u, vm, b0, lib))
-            mean = px.mean.index_select(1, getattr(self, f"linkidx_{k}_{m}"))
-            pred = mean.clamp_min(1e-12).log() if self._is_count[m] else mean
-            terms.append(1.0 - _row_corr(_standardize(act), _standardize(pred)).mean())
+            px = torch.func.functional_call(dec, frozen, (u, self.feature_embeddings(v, m).detach(), b0, u.new_ones(u.shape[0], 1)))
+            mean = px.mean.index_select(1, idx)
+            out[(k, m)] = dict(act=act, own=own, pred=mean.clamp_min(1e-12).log() if self._is_count[m] else mean)
+        return out
+
+    @staticmethod
+    def link_loss(cross: dict) -> torch.Tensor | None:
+        """Linked-feature consistency (``link_loss`` in the module docstring) from
+        :meth:`_cross`; ``None`` when no minibatch has cross-modality links."""
+        terms = [1.0 - _row_corr(_standardize(c["act"]), _standardize(c["pred"])).mean() for c in cross.values()]
+        return torch.stack(terms).mean() if terms else None
+
+    def match_loss(self, inference_outputs, cross: dict, eps: float = 0.05, n_iter: int = 50) -> torch.Tensor | None:
+        """Cross-modality matching (``match_loss`` in the module docstring) from :meth:`_cross`."""
+        terms = []
+        for (k, m), c in cross.items():
+            if self.keys.index(k) > self.keys.index(m) or c["own"] is None:
+                continue
+            with torch.no_grad():
+                # own linked features of k's cells against m's, and each decoder's prediction
+                # at the other modality's cells against that modality's own data
+                cost = _corr_dist(c["act"], c["own"]) + _corr_dist(c["pred"].detach(), c["own"])
+                back = cross.get((m, k))
+                if back is not None and back["own"] is not None:
+                    cost = cost + _corr_dist(back["own"], back["pred"].detach())
+                plan = _sinkhorn(cost, eps, n_iter)
+            uk, um = inference_outputs["u"][k], inference_outputs["u"][m]
+            d2 = uk.square().sum(1, keepdim=True) + um.square().sum(1) - 2.0 * uk @ um.t()
+            terms.append((plan * d2).sum())
         return torch.stack(terms).mean() if terms else None
 
     def vertices(self, key: str) -> torch.Tensor:
@@ -258,7 +329,7 @@ class GLUEModule(BaseModule):
         return dict(qv=qv, v=v, px=px, pg=pg)
 
     def loss(self, tensors, inference_outputs, generative_outputs, lam_data: float = 1.0, lam_kl: float = 1.0,
-             lam_graph: float = 0.02, lam_sup: float = 0.02, lam_link: float = 0.0, modality_weight: dict | None = None) -> LossOutput:
+             lam_graph: float = 0.02, lam_sup: float = 0.02, lam_link: float = 0.0, lam_match: float = 0.0, modality_weight: dict | None = None) -> LossOutput:
         qu, px = inference_outputs["qu"], generative_outputs["px"]
         prior = Normal(0.0, 1.0)
         weights = {k: float((modality_weight or {}).get(k, 1.0)) for k in qu}
@@ -287,11 +358,16 @@ class GLUEModule(BaseModule):
             g_elbo = g_nll + lam_kl * g_kl
             loss = loss + lam_graph * len(qu) * g_elbo
             metrics["g_nll"] = g_nll.detach() * n_cells  # plan divides epoch sums by cells
-        if lam_link > 0 and self.links:
-            ll = self.link_loss(tensors, inference_outputs, generative_outputs["v"])
+        if (lam_link > 0 or lam_match > 0) and self.links:
+            cross = self._cross(tensors, inference_outputs, generative_outputs["v"])
+            ll = self.link_loss(cross) if lam_link > 0 else None
             if ll is not None:
                 loss = loss + lam_link * ll
                 metrics["link_loss"] = ll.detach() * n_cells
+            ml = self.match_loss(inference_outputs, cross) if lam_match > 0 else None
+            if ml is not None:
+                loss = loss + lam_match * ml
+                metrics["match_loss"] = ml.detach() * n_cells
         if self.classifier is not None and lam_sup > 0:
             sup = self._supervision(tensors, inference_outputs)
             if sup is not None:
