@@ -76,7 +76,7 @@ def _zinb(log_mu, theta, zi_logits, scale=None, **_):
 
 @register_likelihood("poisson", is_count=True, needs_dispersion=False)
 def _poisson(log_mu, scale=None, **_):
-    return Poisson(rate=log_mu.exp(), scale=scale)
+    return Poisson(log_rate=log_mu, scale=scale)
 
 
 @register_likelihood("normal", is_count=False, needs_dispersion=True)
