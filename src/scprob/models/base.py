@@ -81,6 +81,19 @@ def _prefixed(dir_path: str | os.PathLike, prefix: str | None, name: str) -> Pat
     return Path(dir_path) / f"{prefix or ''}{name}"
 
 
+def _index_property(name: str, doc: str) -> property:
+    """A split's cell positions, stored as ``<name>_`` (int64 array or ``None``)."""
+    attr = name + "_"
+
+    def get(self) -> np.ndarray | None:
+        return getattr(self, attr)
+
+    def set_(self, value) -> None:
+        setattr(self, attr, None if value is None else np.asarray(value, dtype=np.int64))
+
+    return property(get, set_, doc=doc)
+
+
 class BaseModel:
     """Base of user-facing models.  Subclasses build ``self.module`` in ``__init__`` and
     record the constructor arguments in ``self.init_params`` (used by ``load``).
@@ -169,32 +182,9 @@ class BaseModel:
         """Per-metric DataFrames indexed by epoch; a further ``train()`` appends its epochs."""
         return self.history_
 
-    @property
-    def train_indices(self) -> np.ndarray | None:
-        """Cells (positions in ``adata``) of the last training split; saved with the model."""
-        return self.train_indices_
-
-    @train_indices.setter
-    def train_indices(self, value) -> None:
-        self.train_indices_ = None if value is None else np.asarray(value, dtype=np.int64)
-
-    @property
-    def validation_indices(self) -> np.ndarray | None:
-        """Cells of the last validation split; saved with the model."""
-        return self.validation_indices_
-
-    @validation_indices.setter
-    def validation_indices(self, value) -> None:
-        self.validation_indices_ = None if value is None else np.asarray(value, dtype=np.int64)
-
-    @property
-    def test_indices(self) -> np.ndarray | None:
-        """Cells in neither split (``train_size + validation_size < 1``); saved with the model."""
-        return self.test_indices_
-
-    @test_indices.setter
-    def test_indices(self, value) -> None:
-        self.test_indices_ = None if value is None else np.asarray(value, dtype=np.int64)
+    train_indices = _index_property("train_indices", "Cells (positions in ``adata``) of the last training split; saved with the model.")
+    validation_indices = _index_property("validation_indices", "Cells of the last validation split; saved with the model.")
+    test_indices = _index_property("test_indices", "Cells in neither split (``train_size + validation_size < 1``); saved with the model.")
 
     def view_anndata_setup(self, adata=None, hide_state_registries: bool = False) -> None:
         """Print how the model reads ``adata`` (default: its own): setup arguments, sizes
