@@ -302,3 +302,51 @@ def test_differential_abundance(trained):
     assert np.isfinite(da_t.to_numpy()).all()
     with pytest.raises(KeyError, match="donor"):
         m.differential_abundance(sample_key="donor")
+
+
+# ------------------------------------------- calls from scvi-tools' own SCVI tests
+def test_scalar_results_have_ndim_zero(trained):
+    assert trained.get_elbo().ndim == 0
+    assert trained.get_reconstruction_error()["reconstruction_loss"].ndim == 0
+    assert isinstance(trained.get_elbo(), float)
+
+
+def test_untrained_likelihood_queries_warn_not_raise():
+    a = make_counts(n_cells=40, n_genes=10)
+    SCVI.setup_anndata(a, batch_key="batch")
+    m = SCVI(a, n_hidden=8, n_latent=2)
+    with pytest.warns(UserWarning, match="not trained"):
+        assert np.isfinite(m.get_elbo())
+    with pytest.warns(UserWarning, match="not trained"):
+        m.get_likelihood_parameters()
+    with pytest.raises(RuntimeError, match="not trained"):
+        m.get_latent_representation()
+
+
+def test_view_anndata_setup_of_unregistered_data_raises(trained):
+    other = make_counts(n_cells=20, n_genes=25)
+    with pytest.raises(ValueError, match="not set up"):
+        trained.view_anndata_setup(other)
+    assert "_scprob" not in "".join(other.uns)
+
+
+def test_missing_registered_column_is_a_key_error(trained):
+    other = trained.adata.copy()
+    del other.obs["batch"]
+    with pytest.raises(KeyError, match="batch"):
+        trained.adata = other
+    with pytest.raises(DataError):
+        trained.adata = other
+
+
+def test_train_leaves_the_global_random_streams_alone():
+    a = make_counts(n_cells=40, n_genes=10)
+    SCVI.setup_anndata(a, batch_key="batch")
+    m = SCVI(a, n_hidden=8, n_latent=2)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    expected = (np.random.rand(), float(torch.rand(1)))
+    np.random.seed(123)
+    torch.manual_seed(123)
+    m.train(max_epochs=1, **TRAIN)
+    assert (np.random.rand(), float(torch.rand(1))) == expected

@@ -14,6 +14,14 @@ class DataError(ValueError):
     """Raised for invalid user data; the message names what is wrong and where."""
 
 
+class MissingKeyError(DataError, KeyError):
+    """A registered key (obs column, layer, obsm entry) is absent: a ``DataError`` that is
+    also a ``KeyError``, as scvi-tools raises for it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 log = logging.getLogger("scprob")
 
 # below these, a count likelihood's data are suspicious (see check_counts_for_likelihood)
@@ -126,7 +134,7 @@ def _looks(profile: dict | None, integer: bool) -> str | None:
 
 def check_obs_column(adata, key: str, what: str, categorical: bool) -> pd.Series:
     if key not in adata.obs.columns:
-        raise DataError(
+        raise MissingKeyError(
             f"{what} {key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})"
         )
     col = adata.obs[key]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..data import BatchLoader, DataError, TensorStore, get_registry, setup_annd
 from ..data.backed import BackedStore, ChunkedLoader
 from ..data.registry import UNS_KEY
 from ..train import TrainingPlan, history_frames, run_training
-from ..train.checkpoint import EpochCheckpoint, data_fingerprint, read_checkpoint
+from ..train.checkpoint import EpochCheckpoint, data_fingerprint, keeps_global_rng, read_checkpoint
 from ..train.plan import NonFiniteLossError
 from ..train.trainer import HistoryLogger
 
@@ -191,6 +192,9 @@ class BaseModel:
         and the category orders (scvi-tools' ``view_anndata_setup``; ``hide_state_registries``
         hides the category lists)."""
         self._require_adata()
+        if adata is not None and adata is not self.adata and UNS_KEY not in adata.uns:
+            raise ValueError("this AnnData is not set up for the model: call "
+                             f"{type(self).__name__}.setup_anndata(adata, ...) or pass it to a method first")
         reg = self._registry_of(adata)
         print(_describe_registry(reg, type(self).__name__, hide_state_registries))
 
@@ -250,6 +254,7 @@ class BaseModel:
         return self._loader_cls(store)(store, indices, batch_size=batch_size or 1024, shuffle=False)
 
     # --------------------------------------------------------------- training
+    @keeps_global_rng
     def train(
         self,
         max_epochs: int | None = None,
@@ -367,9 +372,14 @@ class BaseModel:
         return rows
 
     # -------------------------------------------------------------- inference
-    def _check_trained(self) -> None:
+    def _check_trained(self, warn: bool = False) -> None:
+        """Raise (or, with ``warn``, only warn as scvi-tools does for likelihood queries)
+        when the model has not been trained."""
         if not self.is_trained_:
-            raise RuntimeError(f"{type(self).__name__} is not trained yet: call .train() first.")
+            msg = f"{type(self).__name__} is not trained yet: call .train() first."
+            if not warn:
+                raise RuntimeError(msg)
+            warnings.warn(msg + " Returning values of the untrained model.", UserWarning, stacklevel=3)
 
     def _batches(self, adata=None, indices=None, batch_size: int | None = None):
         settings.apply_threads()

@@ -43,6 +43,7 @@ from ..train.checkpoint import (
     CKPT,
     EpochCheckpoint,
     data_fingerprint,
+    keeps_global_rng,
     loader_epochs,
     read_checkpoint,
     rng_state,
@@ -179,6 +180,7 @@ class GLUE:
     def _stores(self, adatas: Mapping[str, object], device) -> dict[str, ModalityStore]:
         return {k: ModalityStore(a, self.registries[k], self.batch_union, self.cell_types, device) for k, a in adatas.items()}
 
+    @keeps_global_rng
     def train(self, max_epochs: int | None = None, batch_size: int = 128, train_size: float = 0.9, lr: float = 2e-3,
               lam_data: float = 1.0, lam_kl: float = 1.0, lam_graph: float = 0.02, lam_align: float = 0.05,
               lam_sup: float = 0.02, lam_link: float = 0.2, lam_match: float = 0.0, modality_weight: Mapping[str, float] | None = None, neg_samples: int = 1,

@@ -208,7 +208,7 @@ class SCVI(BaseModel):
     ) -> dict[str, np.ndarray]:
         """Parameters of p(x | z) per cell: ``mean`` (mu), ``dispersions`` (theta) and
         ``dropout`` (ZINB dropout logits); averaged over ``n_samples`` draws if ``give_mean``."""
-        self._check_trained()
+        self._check_trained(warn=True)
         out: dict[str, list] = {"mean": [], "dispersions": [], "dropout": []}
         for tensors in self._batches(adata, indices, batch_size):
             _, gen = self.module(tensors, inference_kwargs=dict(n_samples=n_samples), compute_loss=False)
@@ -351,17 +351,17 @@ class SCVI(BaseModel):
         r"""Importance-sampled marginal log-likelihood
         :math:`\log p(x_n) \approx \log \frac1K \sum_k p(x_n, z_k) / q(z_k \mid x_n)`,
         :math:`K` = ``n_mc_samples`` (higher is better).  Returns the mean over cells
-        (``float``) or, with ``return_mean=False``, one value per cell (``np.ndarray`` of
+        (``np.float64``, a Python float with ``ndim`` 0) or, with ``return_mean=False``, one value per cell (``np.ndarray`` of
         shape ``(n_cells,)``).  Memory is bounded: ``n_mc_samples_per_pass`` samples of one
         minibatch at a time."""
-        self._check_trained()
+        self._check_trained(warn=True)
         self._require_counts(adata, "get_marginal_ll")
         vals = [
             self.module.marginal_ll(t, n_mc_samples=n_mc_samples, n_mc_samples_per_pass=n_mc_samples_per_pass).cpu()
             for t in self._batches(adata, indices, batch_size or 256)
         ]
         ll = torch.cat(vals).numpy()
-        return float(ll.mean()) if return_mean else ll
+        return np.float64(ll.mean()) if return_mean else ll
 
     @torch.inference_mode()
     def _loss_sums(self, adata, indices, batch_size) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
@@ -392,11 +392,11 @@ class SCVI(BaseModel):
         global KL terms are not included.  Returns the mean over cells (``float``) or, with
         ``return_mean=False``, one value per cell (``np.ndarray`` of shape ``(n_cells,)``).
         Note ``history["elbo_*"]`` is the training loss, i.e. the negative of this."""
-        self._check_trained()
+        self._check_trained(warn=True)
         self._require_counts(adata, "get_elbo")
         rec, kl_local, _ = self._loss_sums(adata, indices, batch_size)
         elbo = -(sum(rec.values()) + kl_local)
-        return float(elbo.mean()) if return_mean else elbo
+        return np.float64(elbo.mean()) if return_mean else elbo
 
     def get_reconstruction_error(self, adata=None, indices=None, batch_size: int | None = None,
                                  return_mean: bool = True) -> dict[str, float | np.ndarray]:
@@ -406,10 +406,10 @@ class SCVI(BaseModel):
         ``{"reconstruction_loss": mean over cells (float)}`` or, with ``return_mean=False``,
         ``{"reconstruction_loss": np.ndarray (n_cells,)}`` (one key per term for modules
         whose loss has several)."""
-        self._check_trained()
+        self._check_trained(warn=True)
         self._require_counts(adata, "get_reconstruction_error")
         rec, _, _ = self._loss_sums(adata, indices, batch_size)
-        return {k: float(v.mean()) for k, v in rec.items()} if return_mean else rec
+        return {k: np.float64(v.mean()) for k, v in rec.items()} if return_mean else rec
 
     def differential_expression(
         self, adata=None, groupby: str | None = None, group1=None, group2=None,

@@ -49,6 +49,23 @@ def rng_state() -> dict:
     )
 
 
+def keeps_global_rng(fn):
+    """Decorator: ``fn`` (a ``train``) may seed the global generators for its own
+    reproducibility, but the caller's torch / numpy / random states are restored after it,
+    so training never resets the user's random streams (scvi-tools seeds only when asked)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        saved = rng_state()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            set_rng_state(saved)
+
+    return wrapper
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
