@@ -138,13 +138,6 @@ def _sinkhorn(cost: torch.Tensor, eps: float, n_iter: int) -> torch.Tensor:
     return (logk + f[:, None] + g).exp()
 
 
-def _row_corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of each row of ``a`` with the same row of ``b``."""
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / ((a.square().sum(1) + 1e-8).sqrt() * (b.square().sum(1) + 1e-8).sqrt())
-
-
 class Discriminator(nn.Module):
     """MLP predicting the modality of a cell embedding, given the one-hot batch."""
 
@@ -243,10 +236,11 @@ class GLUEModule(BaseModule):
                 self.register_buffer(f"linkidx_{k}_{m}", linked, persistent=False)
                 self.links.append((k, m))
 
-    def _cross(self, tensors, inference_outputs, v: torch.Tensor) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
-        """Per linked pair ``(k, m)`` with both in the minibatch (or ``k`` alone for the
-        link term): ``act`` = ``k``'s data mapped onto ``m``'s linked features, ``own`` =
-        ``m``'s own linked features (when ``m``'s cells are present), ``pred`` = ``m``'s
+    def _cross(self, tensors, inference_outputs, v: torch.Tensor,
+               with_own: bool = True) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
+        """Per linked pair ``(k, m)`` with ``k`` in the minibatch: ``act`` = ``k``'s data
+        mapped onto ``m``'s linked features, ``own`` = ``m``'s own linked features (when
+        ``with_own`` and ``m``'s cells are present, else ``None``), ``pred`` = ``m``'s
         decoder at ``k``'s embeddings on those features (log mean for counts), with ``m``'s
         decoder and ``v`` held fixed so that only ``k``'s encoder learns from it."""
         out = {}
@@ -257,7 +251,7 @@ class GLUEModule(BaseModule):
             with torch.no_grad():  # the library size is the one inference computed
                 act = (getattr(self, f"link_{k}_{m}") @ self.encoders[k].normalize(tensors[k][Keys.X], inference_outputs["l"][k]).t()).t()
                 own = None
-                if m in inference_outputs["u"] and tensors[m][Keys.X].shape[0] >= 3:
+                if with_own and m in inference_outputs["u"] and tensors[m][Keys.X].shape[0] >= 3:
                     own = self.encoders[m].normalize(tensors[m][Keys.X], inference_outputs["l"][m]).index_select(1, idx)
             u = inference_outputs["u"][k]
             dec = self.decoders[m]
@@ -272,7 +266,7 @@ class GLUEModule(BaseModule):
     def link_loss(cross: dict) -> torch.Tensor | None:
         """Linked-feature consistency (``link_loss`` in the module docstring) from
         :meth:`_cross`; ``None`` when no minibatch has cross-modality links."""
-        terms = [1.0 - _row_corr(_standardize(c["act"]), _standardize(c["pred"])).mean() for c in cross.values()]
+        terms = [1.0 - (_unit_rows(c["act"]) * _unit_rows(c["pred"])).sum(1).mean() for c in cross.values()]
         return torch.stack(terms).mean() if terms else None
 
     def match_loss(self, inference_outputs, cross: dict, eps: float = 0.05, n_iter: int = 50) -> torch.Tensor | None:
@@ -281,13 +275,13 @@ class GLUEModule(BaseModule):
         for (k, m), c in cross.items():
             if self.keys.index(k) > self.keys.index(m) or c["own"] is None:
                 continue
-            with torch.no_grad():
+            with torch.no_grad():  # the plan is a constant
                 # own linked features of k's cells against m's, and each decoder's prediction
                 # at the other modality's cells against that modality's own data
-                cost = _corr_dist(c["act"], c["own"]) + _corr_dist(c["pred"].detach(), c["own"])
+                cost = _corr_dist(c["act"], c["own"]) + _corr_dist(c["pred"], c["own"])
                 back = cross.get((m, k))
                 if back is not None and back["own"] is not None:
-                    cost = cost + _corr_dist(back["own"], back["pred"].detach())
+                    cost = cost + _corr_dist(back["own"], back["pred"])
                 plan = _sinkhorn(cost, eps, n_iter)
             uk, um = inference_outputs["u"][k], inference_outputs["u"][m]
             d2 = uk.square().sum(1, keepdim=True) + um.square().sum(1) - 2.0 * uk @ um.t()
@@ -359,7 +353,7 @@ class GLUEModule(BaseModule):
             loss = loss + lam_graph * len(qu) * g_elbo
             metrics["g_nll"] = g_nll.detach() * n_cells  # plan divides epoch sums by cells
         if (lam_link > 0 or lam_match > 0) and self.links:
-            cross = self._cross(tensors, inference_outputs, generative_outputs["v"])
+            cross = self._cross(tensors, inference_outputs, generative_outputs["v"], with_own=lam_match > 0)
             ll = self.link_loss(cross) if lam_link > 0 else None
             if ll is not None:
                 loss = loss + lam_link * ll

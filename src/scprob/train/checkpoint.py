@@ -16,6 +16,7 @@ draws the same minibatches and dropout masks as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
@@ -53,7 +54,6 @@ def keeps_global_rng(fn):
     """Decorator: ``fn`` (a ``train``) may seed the global generators for its own
     reproducibility, but the caller's torch / numpy / random states are restored after it,
     so training never resets the user's random streams (scvi-tools seeds only when asked)."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
