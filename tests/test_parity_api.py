@@ -350,3 +350,62 @@ def test_train_leaves_the_global_random_streams_alone():
     torch.manual_seed(123)
     m.train(max_epochs=1, **TRAIN)
     assert (np.random.rand(), float(torch.rand(1))) == expected
+
+
+def test_load_query_data_registers_the_users_object_when_genes_match(trained):
+    q = make_counts(n_cells=40, n_genes=25, seed=9)
+    q.obs["batch"] = pd.Categorical(["q" + str(b) for b in q.obs["batch"]])
+    X_before = q.X.copy()
+    qm = SCVI.load_query_data(q, trained)
+    assert qm.adata is q and (q.X != X_before).nnz == 0  # registered, counts untouched
+    again = SCVI(q, n_hidden=16, n_latent=3)  # scvi-tools users build a model on it afterwards
+    assert again.summary_stats["n_batch"] == 4
+    shuffled = q[:, list(q.var_names[::-1])].copy()
+    assert SCVI.load_query_data(shuffled, trained).adata is not shuffled  # aligned copy otherwise
+
+
+def test_last_minibatch_of_one_cell():
+    a = make_counts(n_cells=41, n_genes=12, seed=3)
+    SCVI.setup_anndata(a)
+    m = SCVI(a, n_hidden=8, n_latent=2)
+    with pytest.raises(ValueError, match="last training minibatch would hold 1 cell"):
+        m.train(1, train_size=1.0, batch_size=20, **TRAIN)
+    with pytest.warns(UserWarning, match="holds 2 cells"):
+        m.train(1, train_size=1.0, batch_size=13, **TRAIN)
+    m.train(1, train_size=1.0, batch_size=20, datasplitter_kwargs={"drop_last": True}, **TRAIN)
+    assert len(m.train_indices) == 41
+    # default train_size: ceil(0.9 * 41) = 37 = 2 * 18 + 1, so one cell moves to validation
+    m.train(1, batch_size=18, **TRAIN)
+    assert len(m.train_indices) == 36 and len(m.validation_indices) == 5
+    with pytest.raises(TypeError, match="unknown datasplitter_kwargs"):
+        m.train(1, datasplitter_kwargs={"shuffle_set_split": False}, **TRAIN)
+
+
+def test_custom_dataloader(trained):
+    dl = trained._make_data_loader(trained.adata, indices=np.arange(30), batch_size=7)
+    z = trained.get_latent_representation(dataloader=dl)
+    np.testing.assert_allclose(z, trained.get_latent_representation(indices=np.arange(30)), atol=1e-6)
+    assert trained.get_elbo(dataloader=dl, return_mean=False).shape == (30,)
+    assert trained.get_reconstruction_error(dataloader=dl)["reconstruction_loss"] > 0
+    assert np.isfinite(trained.get_marginal_ll(dataloader=dl, n_mc_samples=5))
+    with pytest.raises(ValueError, match="either dataloader or adata"):
+        trained.get_latent_representation(trained.adata, dataloader=dl)
+
+
+def test_normalized_expression_importance_weights(trained):
+    cells = np.arange(20)
+    iw = trained.get_normalized_expression(indices=cells, weights="importance", n_samples_overall=400,
+                                           library_size=1e4)
+    assert iw.shape == (400, 25) and np.all(iw >= 0)
+    np.testing.assert_allclose(iw.sum(1), 1e4, rtol=1e-4)  # draws of px_scale (sums to one over genes)
+    uni = trained.get_normalized_expression(indices=cells, n_samples=10, return_mean=False, library_size=1e4)
+    # the resampled population mean is a reweighting of posterior draws of the same cells
+    assert np.corrcoef(iw.mean(0), uni.mean((0, 1)))[0, 1] > 0.85
+    two = trained.get_normalized_expression(indices=cells, weights="importance", n_samples_overall=7,
+                                            transform_batch=["b0", "b1"], gene_list=["gene3", "gene4"],
+                                            importance_weighting_kwargs={"n_mc_samples": 20, "truncation": True})
+    assert two.shape == (7, 2)
+    with pytest.raises(ValueError, match="library_size must be a number"):
+        trained.get_normalized_expression(weights="importance", library_size="latent")
+    with pytest.raises(ValueError, match="weights must be"):
+        trained.get_normalized_expression(weights="uniformly")

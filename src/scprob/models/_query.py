@@ -249,6 +249,10 @@ def load_query_data(cls, query_adata, reference, freeze: bool = True, min_gene_o
     if inplace_subset_query_vars:
         subset_query_vars_inplace(query_adata, reg["var_names"])
         aligned = query_adata  # scvi-tools: the model reads the user's (subset) object
+    elif not query_adata.is_view and list(map(str, query_adata.var_names)) == list(reg["var_names"]):
+        # genes already the reference's (e.g. after prepare_query_anndata): the model is built on
+        # the user's object, registered as scvi-tools does, so SCVI(query_adata) works afterwards
+        aligned = query_adata
     else:
         aligned = align_genes(query_adata, reg["var_names"], args["layer"], min_gene_overlap)
     new_reg = extend_registry(reg, aligned)

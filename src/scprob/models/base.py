@@ -227,6 +227,12 @@ class BaseModel:
             transfer_setup(adata, self.registry)
         return adata
 
+    @property
+    def summary_stats(self) -> dict[str, int]:
+        """Counts from the registered data, as scvi-tools' ``summary_stats``: ``n_cells``,
+        ``n_vars``, ``n_batch``, ``n_labels``, ``n_extra_categorical_covs``, ``n_extra_continuous_covs``."""
+        return _summary_stats(self.registry)
+
     def _registry_of(self, adata=None) -> dict:
         return get_registry(self._validate_anndata(adata))
 
@@ -260,7 +266,7 @@ class BaseModel:
         max_epochs: int | None = None,
         accelerator: str = "auto",
         devices: int | str = "auto",
-        train_size: float = 0.9,
+        train_size: float | None = None,
         validation_size: float | None = None,
         batch_size: int = 128,
         early_stopping: bool = False,
@@ -289,6 +295,13 @@ class BaseModel:
         ``lightning.Trainer`` (``strategy``, ``check_val_every_n_epoch``, ...) or to the
         early-stopping callback (``early_stopping_patience``, ``early_stopping_monitor``).
         ``datasplitter_kwargs={"external_indexing": [train_idx, val_idx]}`` fixes the split.
+
+        Split and last minibatch (scvi-tools' rules): ``train_size`` defaults to 0.9.  A
+        last training minibatch of a single cell (``n_train % batch_size == 1``) cannot be
+        trained with batch normalisation: with the default ``train_size`` that cell moves
+        to the validation set; with an explicit ``train_size`` or split it is a
+        ``ValueError`` unless ``datasplitter_kwargs={"drop_last": True}`` (drop the
+        incomplete last batch every epoch).  A last batch of two cells trains, with a warning.
         """
         import lightning.pytorch as pl
 
@@ -317,17 +330,37 @@ class BaseModel:
         else:
             self.to_device("cpu")
         store = self._store()
-        ext = (datasplitter_kwargs or {}).get("external_indexing")
+        ds = dict(datasplitter_kwargs or {})
+        ext, drop_last = ds.pop("external_indexing", None), bool(ds.pop("drop_last", False))
+        if ds:
+            raise TypeError(f"unknown datasplitter_kwargs {sorted(ds)} (known: external_indexing, drop_last)")
         if ext is not None:
             train_idx, val_idx = np.asarray(ext[0], dtype=np.int64), np.asarray(ext[1], dtype=np.int64)
             if train_idx.size == 0 or train_idx.max() >= n or (val_idx.size and val_idx.max() >= n):
                 raise ValueError("external_indexing must hold valid cell indices (train non-empty)")
         else:
-            train_idx, val_idx = split_indices(n, train_size, validation_size, seed=seed)
+            train_idx, val_idx = split_indices(n, 0.9 if train_size is None else train_size, validation_size, seed=seed)
+        rest = len(train_idx) % batch_size if "n_samples_per_epoch" not in self._train_loader_kwargs else 0
+        if rest == 1 and not drop_last:
+            if train_size is None and ext is None and len(train_idx) > 1:
+                train_idx, val_idx = train_idx[:-1], np.append(val_idx, train_idx[-1])
+            else:
+                raise ValueError(
+                    f"the last training minibatch would hold 1 cell ({len(train_idx)} training cells, "
+                    f"batch_size={batch_size}), which batch normalisation cannot train on: change batch_size or "
+                    "train_size, or pass datasplitter_kwargs={'drop_last': True}."
+                )
+        elif rest == 2 and not drop_last:
+            warnings.warn(
+                f"the last training minibatch holds 2 cells ({len(train_idx)} training cells, batch_size="
+                f"{batch_size}); consider another batch_size or datasplitter_kwargs={{'drop_last': True}}.",
+                UserWarning, stacklevel=3,
+            )
         test_idx = np.setdiff1d(np.arange(n), np.concatenate([train_idx, val_idx]))
         loader_cls = self._loader_cls(store)
         train_loader = loader_cls(
-            store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=3, shard=True, **self._train_loader_kwargs
+            store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=batch_size if drop_last else 2,
+            shard=True, **self._train_loader_kwargs
         )
         val_loader = loader_cls(store, val_idx, batch_size, shuffle=False, shard=True) if len(val_idx) else None
         if len(train_loader) == 0:
@@ -381,23 +414,35 @@ class BaseModel:
                 raise RuntimeError(msg)
             warnings.warn(msg + " Returning values of the untrained model.", UserWarning, stacklevel=3)
 
-    def _batches(self, adata=None, indices=None, batch_size: int | None = None):
+    def _make_data_loader(self, adata=None, indices=None, batch_size: int | None = None, shuffle: bool = False):
+        """A minibatch loader over ``adata`` (validated against the model; default the
+        model's own), as scvi-tools' ``_make_data_loader``: pass it as ``dataloader=`` to
+        ``get_latent_representation``, ``get_elbo``, ``get_reconstruction_error`` or
+        ``get_marginal_ll``.  It yields dicts of tensors keyed as the module expects."""
+        adata = self._validate_anndata(adata)
+        store = self._store(adata)
+        return self._loader_cls(store)(store, indices, batch_size=batch_size or 1024, shuffle=shuffle)
+
+    def _batches(self, adata=None, indices=None, batch_size: int | None = None, dataloader=None):
+        if dataloader is not None and (adata is not None or indices is not None):
+            raise ValueError("pass either dataloader or adata/indices, not both")
         settings.apply_threads()
         self.module.eval()
         with torch.inference_mode():
-            yield from self._loader(adata, indices, batch_size)
+            yield from (self._loader(adata, indices, batch_size) if dataloader is None else dataloader)
 
     @torch.inference_mode()
     def get_latent_representation(
         self, adata=None, indices=None, give_mean: bool = True, mc_samples: int = 5000, batch_size: int | None = None,
-        return_dist: bool = False,
+        return_dist: bool = False, dataloader=None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Posterior of z per cell: its mean (``give_mean``) or one sample.  For the
         logistic-normal latent the mean is a Monte-Carlo average of softmax samples.
-        ``return_dist=True`` returns the mean and variance of q(z|x) instead."""
+        ``return_dist=True`` returns the mean and variance of q(z|x) instead.
+        ``dataloader``: iterate this loader (see :meth:`_make_data_loader`) instead of ``adata``."""
         self._check_trained()
         out, var = [], []
-        for tensors in self._batches(adata, indices, batch_size):
+        for tensors in self._batches(adata, indices, batch_size, dataloader):
             inf = self.module.inference(**self.module._get_inference_input(tensors))
             qz = inf["qz"]
             if return_dist:
@@ -530,14 +575,21 @@ def _describe_setup_args(reg: dict, model_name: str) -> str:
     return "\n".join(lines)
 
 
+def _summary_stats(reg: dict) -> dict[str, int]:
+    """scvi-tools' ``summary_stats`` from a registry."""
+    args = reg["setup_args"]
+    return dict(n_cells=int(reg["n_obs"]), n_vars=int(reg["n_vars"]), n_batch=len(reg["batch_categories"]),
+                n_labels=len(reg["label_categories"]),
+                n_extra_categorical_covs=len(args.get("categorical_covariate_keys") or []),
+                n_extra_continuous_covs=len(args.get("continuous_covariate_keys") or []))
+
+
 def _describe_registry(reg: dict, model_name: str, hide_state_registries: bool = False) -> str:
     args = reg["setup_args"]
     where = reg.get("data_location") or (f"adata.layers[{args['layer']!r}]" if args.get("layer") else "adata.X")
-    lines = [_describe_setup_args(reg, model_name), "Summary:",
-             f"  n_cells: {reg['n_obs']}", f"  n_vars: {reg['n_vars']}", f"  counts: {where}",
-             f"  n_batch: {len(reg['batch_categories'])}", f"  n_labels: {len(reg['label_categories'])}",
-             f"  n_extra_categorical_covs: {len(args.get('categorical_covariate_keys') or [])}",
-             f"  n_extra_continuous_covs: {len(args.get('continuous_covariate_keys') or [])}"]
+    stats = _summary_stats(reg)
+    lines = [_describe_setup_args(reg, model_name), "Summary:", f"  n_cells: {stats.pop('n_cells')}",
+             f"  n_vars: {stats.pop('n_vars')}", f"  counts: {where}", *(f"  {k}: {v}" for k, v in stats.items())]
     if reg.get("minified"):
         lines.append(f"  minified: {reg.get('minified_type', 'latent_posterior_parameters')} "
                      f"(obsm keys {reg.get('minified_keys')})")

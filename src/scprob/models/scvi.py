@@ -143,11 +143,12 @@ class SCVI(BaseModel):
         library_size: float | Literal["latent"] = 1.0,
         n_samples: int = 1,
         n_samples_overall: int | None = None,
-        weights: Literal["uniform"] | None = None,
+        weights: Literal["uniform", "importance"] | None = None,
         batch_size: int | None = None,
         return_mean: bool = True,
         return_numpy: bool | None = None,
         silent: bool = True,
+        importance_weighting_kwargs: dict | None = None,
     ) -> pd.DataFrame | np.ndarray:
         """Denoised expression E[x | z] / library: ``px_scale * library_size`` (or the
         model's mean ``exp(l) * px_scale`` for ``library_size="latent"``), averaged over
@@ -158,12 +159,24 @@ class SCVI(BaseModel):
         ``n_samples_overall`` (scvi-tools): ``n_samples_overall // n_cells + 1`` draws per
         cell, of which ``n_samples_overall`` (cell, draw) rows are picked uniformly with
         replacement: an array of shape (n_samples_overall, genes) (rows are draws, not
-        cells, hence no DataFrame).  ``weights``: only ``"uniform"`` (scvi-tools'
-        ``"importance"`` is not implemented)."""
+        cells, hence no DataFrame).
+
+        ``weights="importance"``: draws of the *population* of the selected cells, as
+        scvi-tools' DE uses them: a pool of posterior draws is resampled by importance
+        weights w_s = sum_a p(u_s | x_a) / sum_a q(u_s | x_a) (the model's aggregate
+        posterior over the variational one, see :func:`scprob.models._de.importance_weights`;
+        ``importance_weighting_kwargs``: ``max_cells``, ``truncation``, ``n_mc_samples``).
+        Returns ``n_samples_overall`` (default ``n_samples * n_cells``) rows, shape
+        (draws, genes), scaled by a numeric ``library_size``."""
         self._check_trained()
         adata = self._validate_anndata(adata)
-        if weights not in (None, "uniform"):
-            raise NotImplementedError(f"weights={weights!r}: only 'uniform' sampling is implemented")
+        if weights not in (None, "uniform", "importance"):
+            raise ValueError(f"weights must be 'uniform' or 'importance', got {weights!r}")
+        if weights == "importance":
+            return self._importance_expression(adata, indices, transform_batch, gene_list, library_size, n_samples,
+                                               n_samples_overall, batch_size, importance_weighting_kwargs)
+        if importance_weighting_kwargs:
+            raise ValueError("importance_weighting_kwargs needs weights='importance'")
         if n_samples_overall is not None:
             if n_samples != 1:
                 raise ValueError("give n_samples or n_samples_overall, not both")
@@ -200,6 +213,26 @@ class SCVI(BaseModel):
         cols = np.asarray(self.registry["var_names"])[genes]
         return pd.DataFrame(out, index=idx, columns=cols)
 
+
+    def _importance_expression(self, adata, indices, transform_batch, gene_list, library_size, n_samples,
+                               n_samples_overall, batch_size, iw_kwargs) -> np.ndarray:
+        from ._de import _sample_population
+
+        if library_size == "latent":
+            raise ValueError("weights='importance' draws a population, not cells: library_size must be a number")
+        self._require_counts(adata, "weights='importance'")
+        cells = np.arange(adata.n_obs) if indices is None else np.asarray(indices).reshape(-1)
+        if cells.dtype == bool:
+            cells = np.flatnonzero(cells)
+        n = int(n_samples_overall or n_samples * cells.size)
+        if n < 1 or cells.size == 0:
+            raise ValueError(f"weights='importance' needs >= 1 cell and >= 1 draw (got {cells.size}, {n})")
+        rng = np.random.default_rng(settings.seed)
+        codes = self._batch_codes(transform_batch)
+        draws, _ = _sample_population(self, adata, cells, codes, -(-n // len(codes)) * len(codes), "importance",
+                                      dict(iw_kwargs or {}), batch_size or 256, rng)
+        draws = draws[rng.permutation(draws.shape[0])[:n]]  # equal shares of the batches, n rows
+        return draws[:, self._gene_mask(gene_list)] * float(library_size)
 
     # ------------------------------------------------------- downstream API
     @torch.inference_mode()
@@ -346,7 +379,7 @@ class SCVI(BaseModel):
     @torch.inference_mode()
     def get_marginal_ll(
         self, adata=None, indices=None, n_mc_samples: int = 1000, batch_size: int | None = None,
-        return_mean: bool = True, n_mc_samples_per_pass: int = 100,
+        return_mean: bool = True, n_mc_samples_per_pass: int = 100, dataloader=None,
     ) -> float | np.ndarray:
         r"""Importance-sampled marginal log-likelihood
         :math:`\log p(x_n) \approx \log \frac1K \sum_k p(x_n, z_k) / q(z_k \mid x_n)`,
@@ -358,20 +391,20 @@ class SCVI(BaseModel):
         self._require_counts(adata, "get_marginal_ll")
         vals = [
             self.module.marginal_ll(t, n_mc_samples=n_mc_samples, n_mc_samples_per_pass=n_mc_samples_per_pass).cpu()
-            for t in self._batches(adata, indices, batch_size or 256)
+            for t in self._batches(adata, indices, batch_size or 256, dataloader)
         ]
         ll = torch.cat(vals).numpy()
         return np.float64(ll.mean()) if return_mean else ll
 
     @torch.inference_mode()
-    def _loss_sums(self, adata, indices, batch_size) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
+    def _loss_sums(self, adata, indices, batch_size, dataloader=None) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
         """One forward pass (one z ~ q(z|x) per cell): the per-cell reconstruction loss
         -log p(x | z) per term (``{"reconstruction_loss": ...}`` for a single term), the
         per-cell local KL, and the global KL (a scalar, not attributable to cells)."""
         rec: dict[str, list[np.ndarray]] = {}
         kl_local: list[np.ndarray] = []
         kl_global = 0.0
-        for t in self._batches(adata, indices, batch_size):
+        for t in self._batches(adata, indices, batch_size, dataloader):
             _, _, lo = self.module(t, loss_kwargs=dict(kl_weight=1.0))
             terms = lo.reconstruction_loss if isinstance(lo.reconstruction_loss, dict) else \
                 {"reconstruction_loss": lo.reconstruction_loss}
@@ -385,7 +418,7 @@ class SCVI(BaseModel):
         return {k: np.concatenate(v) for k, v in rec.items()}, np.concatenate(kl_local), kl_global
 
     def get_elbo(self, adata=None, indices=None, batch_size: int | None = None,
-                 return_mean: bool = True) -> float | np.ndarray:
+                 return_mean: bool = True, dataloader=None) -> float | np.ndarray:
         r"""Evidence lower bound :math:`\mathrm{ELBO}_n = \log p(x_n \mid z_n) -
         \mathrm{KL}(q(z \mid x_n) \,\|\, p(z))` (plus the library KL when it is inferred),
         one :math:`z_n \sim q(z \mid x_n)` per cell, as scvi-tools: higher is better, and
@@ -394,12 +427,12 @@ class SCVI(BaseModel):
         Note ``history["elbo_*"]`` is the training loss, i.e. the negative of this."""
         self._check_trained(warn=True)
         self._require_counts(adata, "get_elbo")
-        rec, kl_local, _ = self._loss_sums(adata, indices, batch_size)
+        rec, kl_local, _ = self._loss_sums(adata, indices, batch_size, dataloader)
         elbo = -(sum(rec.values()) + kl_local)
         return np.float64(elbo.mean()) if return_mean else elbo
 
     def get_reconstruction_error(self, adata=None, indices=None, batch_size: int | None = None,
-                                 return_mean: bool = True) -> dict[str, float | np.ndarray]:
+                                 return_mean: bool = True, dataloader=None) -> dict[str, float | np.ndarray]:
         r"""Reconstruction loss :math:`-\log p(x_n \mid z_n)`, :math:`z_n \sim q(z \mid x_n)`,
         as scvi-tools 1.4: a positive negative log-likelihood, lower is better, on the
         scale of ``history["reconstruction_loss_*"]``.  Returns
@@ -408,7 +441,7 @@ class SCVI(BaseModel):
         whose loss has several)."""
         self._check_trained(warn=True)
         self._require_counts(adata, "get_reconstruction_error")
-        rec, _, _ = self._loss_sums(adata, indices, batch_size)
+        rec, _, _ = self._loss_sums(adata, indices, batch_size, dataloader)
         return {k: np.float64(v.mean()) for k, v in rec.items()} if return_mean else rec
 
     def differential_expression(
@@ -492,8 +525,11 @@ class SCVI(BaseModel):
 
         Genes: by default aligned to the reference by name on a copy (missing genes
         zero-filled, extra dropped; at least ``min_gene_overlap`` shared) and
-        ``model.adata`` is that copy; ``inplace_subset_query_vars=True`` reorders the
-        user's own object to the reference genes (all must be present) and the model reads it.
+        ``model.adata`` is that copy; when the query already has the reference's genes in
+        its order (e.g. after :meth:`prepare_query_anndata`) the model is built on, and
+        registers, the user's own object, as in scvi-tools (so ``SCVI(adata)`` works
+        afterwards); ``inplace_subset_query_vars=True`` reorders the user's own object to
+        the reference genes (all must be present) and the model reads it.
 
         Training: ``unfrozen=True`` (or scprob's ``freeze=False``) trains everything.
         Otherwise only the new batches' entries of batch-indexed parameters (the reference
