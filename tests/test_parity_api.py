@@ -237,6 +237,10 @@ def test_model_without_adata(tmp_path):
     ld = LDVAE(n_latent=2)
     ld.adata = a
     assert ld.module.decoder_type == "linear"
+    from scprob.models import PyroSCVI
+
+    with pytest.raises(TypeError, match="needs its AnnData at construction"):
+        PyroSCVI(None)  # models without a deferred build say so at once
 
 
 def test_prepare_query_anndata(trained):

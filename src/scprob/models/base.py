@@ -99,12 +99,15 @@ class BaseModel:
     """Base of user-facing models.  Subclasses build ``self.module`` in ``__init__`` and
     record the constructor arguments in ``self.init_params`` (used by ``load``).
 
-    ``adata=None`` builds an empty model (scvi-tools' convention): assign ``model.adata``
-    later (the module is then built from its registry) or use ``Model.load``."""
+    ``adata=None`` builds an empty model (scvi-tools' convention) in subclasses that define
+    ``_build_from_registry`` (which builds ``self.module`` from a registry): assign
+    ``model.adata`` later or use ``Model.load``."""
 
     _plan_cls = TrainingPlan
 
     def __init__(self, adata):
+        if adata is None and not hasattr(self, "_build_from_registry"):  # the hook that completes it later
+            raise TypeError(f"{type(self).__name__} needs its AnnData at construction: {type(self).__name__}(adata, ...)")
         self._adata = adata
         self.registry = get_registry(adata) if adata is not None else None
         self.init_params: dict = {}
@@ -166,10 +169,6 @@ class BaseModel:
         """Register ``adata`` with this model's registry (categories and genes checked)
         and return the registry it now carries."""
         return transfer_setup(adata, self.registry)
-
-    def _build_from_registry(self) -> None:
-        """Build ``self.module`` once a model created with ``adata=None`` gets its data."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be completed after construction without data")
 
     def _require_adata(self) -> None:
         if self._adata is None:
