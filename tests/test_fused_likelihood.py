@@ -81,6 +81,23 @@ def test_value_and_grads_match_reference(backend, dtype, zinb, full_theta):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("zinb", [False, True])
+def test_fractional_and_large_counts_match_reference(backend, zinb):
+    """The numba kernel's small-integer recurrences and its lgamma path meet at the
+    boundary: fractional counts, counts around the switch (8, 9) and large ones."""
+    _fused.set_backend(backend)
+    x = torch.tensor([[0.5, 1.0, 7.0, 8.0, 9.0, 2.5, 0.0, 300.0], [3.0, 0.0, 8.0, 1.0, 1e4, 0.0, 12.0, 1.0]],
+                     dtype=torch.float64)
+    lm, lt, pi = _params(2, 8, torch.float64, False, zinb)
+    w = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    v_ref, g_ref = _value_and_grads(nb_log_prob_rowsum_reference, x, lm, lt, pi, w)
+    v, grads = _value_and_grads(nb_log_prob_rowsum, x, lm, lt, pi, w)
+    torch.testing.assert_close(v, v_ref, rtol=1e-10, atol=1e-9)
+    for a, b in zip(grads, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "case",
     [

@@ -8,7 +8,9 @@ scalar ``exp``/``log1p`` loops are slower than them.  What numba fuses is the ``
 (math in :mod:`scprob.distributions._fused`), which PyTorch runs as a ``nonzero``, a dozen
 gathers and scatters and scalar ``lgamma``/``digamma`` kernels: here one loop over each row
 does the non-zero terms behind an ``x > 0`` branch, adds them to the row sums and
-overwrites the gradients at the non-zeros, with no coordinates needed.
+overwrites the gradients at the non-zeros, with no coordinates needed.  Small integer
+counts (most of them in single-cell data) skip ``lgamma``/``digamma`` for exact finite
+recurrences (:data:`_SMALL_COUNT`).
 
 All arithmetic is in float64 whatever the input dtype; outputs keep the input dtype.  Rows
 are independent: ``nz_rows_parallel`` splits them over numba's threads (``prange``),
@@ -28,6 +30,11 @@ from numba import njit, prange
 _SOFTPLUS_THRESHOLD = 20.0
 # digamma(10), the value at which the recurrence of _digamma stops exactly.
 _PSI_10 = 2.25175258906672110764
+# Integer counts up to this take the exact finite recurrences (see _nz_row) instead of
+# lgamma/digamma: log Gamma(x + t) - log Gamma(t) = sum_{k<x} log(t + k),
+# psi(x + t) - psi(t) = sum_{k<x} 1 / (t + k), and log x! from a table.
+_SMALL_COUNT = 8
+_LOG_FACTORIAL = np.array([math.lgamma(k + 1.0) for k in range(_SMALL_COUNT + 1)])
 
 
 @njit(cache=True, inline="always")
@@ -93,20 +100,33 @@ def _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, 
             lv = np.float64(logits[n, g])
             _, spm, _, sm = _softplus_sigmoid(lv)
             xt = xv + t
-            if th_pre:
-                lgt = np.float64(lg_theta[tr, g])
-                dgt = np.float64(dg_theta[tr, g])
+            xi = int(xv)
+            if xi == xv and xi <= _SMALL_COUNT:  # exact recurrences: a few logs, no lgamma
+                lg_diff = 0.0
+                dg_diff = 0.0
+                for k in range(xi):
+                    tk = t + k
+                    lg_diff += math.log(tk)
+                    dg_diff += 1.0 / tk
+                log_fact = _LOG_FACTORIAL[xi]
             else:
-                lgt = math.lgamma(t)
-                dgt = _digamma(t) if want_grad else 0.0
-            corr = math.lgamma(xt) - lgt - math.lgamma(xv + 1.0) - xv * spm
+                if th_pre:
+                    lgt = np.float64(lg_theta[tr, g])
+                    dgt = np.float64(dg_theta[tr, g])
+                else:
+                    lgt = math.lgamma(t)
+                    dgt = _digamma(t) if want_grad else 0.0
+                lg_diff = math.lgamma(xt) - lgt
+                dg_diff = _digamma(xt) - dgt if want_grad else 0.0
+                log_fact = math.lgamma(xv + 1.0)
+            corr = lg_diff - log_fact - xv * spm
             if zinb:
                 corr += np.float64(a[n, g]) - np.float64(z[n, g])
             acc += corr
             if want_grad:
                 s = np.float64(sig[n, g])
                 g_mu[n, g] = xv * sm - t * s
-                g_theta[n, g] = t * (s - np.float64(sp[n, g]) + _digamma(xt) - dgt) - xv * sm
+                g_theta[n, g] = t * (s - np.float64(sp[n, g]) + dg_diff) - xv * sm
                 if zinb:
                     g_pi[n, g] = -sig_pi[pr, g]
     return acc
