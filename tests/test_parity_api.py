@@ -413,3 +413,20 @@ def test_normalized_expression_importance_weights(trained):
         trained.get_normalized_expression(weights="importance", library_size="latent")
     with pytest.raises(ValueError, match="weights must be"):
         trained.get_normalized_expression(weights="uniformly")
+
+
+def test_gradient_clipping_under_manual_optimization():
+    from lightning.pytorch.callbacks import Callback
+
+    norms = []
+
+    class Norms(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    a = make_counts(n_cells=60, n_genes=15)
+    SCVI.setup_anndata(a)
+    m = SCVI(a, n_hidden=8, n_latent=2)
+    m.train(max_epochs=2, gradient_clip_val=1e-3, callbacks=[Norms()], **TRAIN)  # Lightning alone refuses this
+    assert norms and max(norms) <= 1e-3 * (1 + 1e-4)

@@ -12,7 +12,9 @@ overwrites the gradients at the non-zeros, with no coordinates needed.  Small in
 counts (most of them in single-cell data) skip ``lgamma``/``digamma`` for exact finite
 recurrences (:data:`_SMALL_COUNT`).
 
-All arithmetic is in float64 whatever the input dtype; outputs keep the input dtype.  Rows
+All arithmetic is in float64 whatever the input dtype; outputs keep the input dtype.
+Division follows IEEE (``error_model="numpy"``): a dispersion that underflowed to 0 gives
+inf / NaN, which the training plan's non-finite check reports, never a ZeroDivisionError.  Rows
 are independent: ``nz_rows_parallel`` splits them over numba's threads (``prange``),
 ``nz_rows_serial`` runs on the calling thread.
 """
@@ -37,7 +39,7 @@ _SMALL_COUNT = 8
 _LOG_FACTORIAL = np.array([math.lgamma(k + 1.0) for k in range(_SMALL_COUNT + 1)])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _digamma(x: float) -> float:
     """psi(x) for x > 0, the algorithm of PyTorch's CPU ``digamma`` (Cephes ``psi``):
     recurrence psi(x) = psi(x + 1) - 1/x up to x >= 10, then the asymptotic series
@@ -64,7 +66,7 @@ def _digamma(x: float) -> float:
     return result + math.log(x) - 0.5 / x - y
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _softplus_sigmoid(v: float) -> tuple[float, float, float, float]:
     """(softplus(v), softplus(-v), sigmoid(v), sigmoid(-v)) from one exp and one log1p,
     with torch's softplus threshold (softplus(v) = v for v > 20)."""
@@ -82,7 +84,7 @@ def _softplus_sigmoid(v: float) -> tuple[float, float, float, float]:
     return sp, spm, s, sm
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb, want_grad,
             g_mu, g_theta, g_pi) -> float:
     """The ``x > 0`` part of row ``n``: returns sum_{g: x>0} [N (+ A - z for ZINB)] and, with
@@ -132,7 +134,7 @@ def _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, 
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def nz_rows_serial(x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb, want_grad,
                    out, g_mu, g_theta, g_pi) -> None:
     """Add the non-zero part of each row to ``out`` (and fix the gradients) row after row."""
@@ -141,7 +143,7 @@ def nz_rows_serial(x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp,
                           want_grad, g_mu, g_theta, g_pi)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def nz_rows_parallel(x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb,
                      want_grad, out, g_mu, g_theta, g_pi) -> None:
     """:func:`nz_rows_serial` with the rows split over numba's threads."""

@@ -26,7 +26,6 @@ class AdversarialTrainingPlan(TrainingPlan):
                  align_burnin: int = 0, burnin_noise: float = 1.5, loss_kwargs: dict | None = None, **kwargs):
         kwargs.setdefault("n_epochs_kl_warmup", None)
         super().__init__(module, lr=lr, weight_decay=weight_decay, eps=eps, **kwargs)
-        self.automatic_optimization = False
         self.lam_align, self.align_burnin, self.burnin_noise = float(lam_align), int(align_burnin), float(burnin_noise)
         self.loss_kwargs = dict(loss_kwargs or {})
         self.adversarial = len(module.keys) > 1 and self.lam_align > 0
@@ -42,14 +41,10 @@ class AdversarialTrainingPlan(TrainingPlan):
         if self.adversarial:
             noise = self.burnin_noise * max(1.0 - self.current_epoch / self.align_burnin, 0.0) if self.align_burnin else 0.0
             dsc_d = self.module.discriminator_loss(batch, inf, detach=True, noise=noise)
-            opt_dsc.zero_grad(set_to_none=True)
-            self.manual_backward(self.lam_align * dsc_d)
-            opt_dsc.step()
+            self._optimize(self.lam_align * dsc_d, opt_dsc)
             loss = loss - self.lam_align * self.module.discriminator_loss(batch, inf, noise=noise)
             lo.extra_metrics["dsc_loss"] = dsc_d.detach() * lo.n_obs_minibatch
-        opt_vae.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt_vae.step()
+        self._optimize(loss, opt_vae)
         self._accumulate("train", lo)
 
     def validation_step(self, batch, batch_idx):
