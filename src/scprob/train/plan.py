@@ -49,6 +49,17 @@ def _non_finite_terms(lo: LossOutput | None) -> list[str]:
     return bad
 
 
+def _all_finite(grads: list[torch.Tensor]) -> torch.Tensor:
+    """A 0-d bool tensor: every gradient entry is finite.  One fused kernel over all
+    gradients (the check GradScaler runs, with a unit scale: nothing is modified), where
+    the total-norm route costs a norm per tensor, a stack and a norm (~3x the time)."""
+    if len({(g.device, g.dtype) for g in grads}) == 1 and grads[0].dtype in (torch.float32, torch.float64):
+        found = torch.zeros(1, device=grads[0].device, dtype=torch.float32)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones_like(found))
+        return found[0] == 0
+    return torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))
+
+
 def _can_fuse(params: list[torch.Tensor]) -> bool:
     devices = {p.device.type for p in params}
     return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.dtype in (torch.float32, torch.float64) for p in params)
@@ -129,7 +140,7 @@ class TrainingPlan(pl.LightningModule):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
             return
-        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))
+        finite = _all_finite(grads)
         if not self._on_device_check():
             if not bool(finite):
                 self._raise_non_finite("gradient")
