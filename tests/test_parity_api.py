@@ -430,3 +430,19 @@ def test_gradient_clipping_under_manual_optimization():
     m = SCVI(a, n_hidden=8, n_latent=2)
     m.train(max_epochs=2, gradient_clip_val=1e-3, callbacks=[Norms()], **TRAIN)  # Lightning alone refuses this
     assert norms and max(norms) <= 1e-3 * (1 + 1e-4)
+
+
+def test_user_loggers_and_monitoring_callbacks_see_epoch_metrics(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    a = make_counts(n_cells=60, n_genes=15)
+    SCVI.setup_anndata(a)
+    m = SCVI(a, n_hidden=8, n_latent=2)
+    ck = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="elbo_validation", save_top_k=1, mode="min")
+    m.train(max_epochs=3, logger=CSVLogger(tmp_path / "logs", name="run"), callbacks=[ck], enable_checkpointing=True,
+            **TRAIN)
+    rows = pd.read_csv(next((tmp_path / "logs").rglob("metrics.csv")))
+    assert {"elbo_train", "elbo_validation", "kl_weight", "epoch"} <= set(rows.columns)
+    best = m.history["elbo_validation"]["elbo_validation"].min()
+    assert ck.best_model_path and np.isclose(float(ck.best_model_score), best)
