@@ -294,7 +294,7 @@ def _nb_numba(
     value = d["value"].contiguous()
     g_mu, g_theta, g_pi = (d[k] if d[k] is not None else dummy for k in ("g_mu", "g_theta", "g_pi"))
     a, z = (d["a"], d["z"]) if zinb else (dummy, dummy)
-    sig, sp = (d["sig"], d["sp"]) if want_grad else (dummy, dummy)
+    sig, sp = (d["sig"] if want_grad else dummy), d["sp"]
     arrs = [t.detach().contiguous().numpy() for t in (x.to(dtype), d["logits"], theta)]
     pre = [t.detach().numpy() for t in (lg_theta, dg_theta)]
     mid = [t.detach().contiguous().numpy() for t in (sig, sp, a, z, sig_pi)]

@@ -36,7 +36,36 @@ _PSI_10 = 2.25175258906672110764
 # lgamma/digamma: log Gamma(x + t) - log Gamma(t) = sum_{k<x} log(t + k),
 # psi(x + t) - psi(t) = sum_{k<x} 1 / (t + k), and log x! from a table.
 _SMALL_COUNT = 8
-_LOG_FACTORIAL = np.array([math.lgamma(k + 1.0) for k in range(_SMALL_COUNT + 1)])
+# log x! for integer counts up to this come from a table (32 KiB).
+_TABLE_COUNT = 4096
+_LOG_FACTORIAL = np.array([math.lgamma(k + 1.0) for k in range(_TABLE_COUNT + 1)])
+_HALF_LOG_2PI = 0.91893853320467274178
+# Below this NB logit the kernel takes softplus(-l), sigmoid(-l) from the dense arrays.
+_DERIVE_BELOW = 10.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _lgamma_digamma(z: float, want_grad: bool) -> tuple[float, float]:
+    """(log Gamma(z), psi(z)) for z > 0.  From z >= 10 both come from one shared log z:
+    Stirling's series (z - 1/2) log z - z + log(2 pi)/2 + 1/(12z) - 1/(360z^3) +
+    1/(1260z^5) - 1/(1680z^7) (truncation error below 1e-12 there) and the asymptotic
+    series of psi; below, libm's lgamma and the recurrence of :func:`_digamma`."""
+    if z < 10.0:
+        return math.lgamma(z), (_digamma(z) if want_grad else 0.0)
+    lz = math.log(z)
+    r = 1.0 / z
+    r2 = r * r
+    lg = (z - 0.5) * lz - z + _HALF_LOG_2PI + r * (1.0 / 12.0 - r2 * (1.0 / 360.0 - r2 * (1.0 / 1260.0 - r2 / 1680.0)))
+    if not want_grad:
+        return lg, 0.0
+    p = 8.33333333333333333333e-2
+    p = p * r2 - 2.10927960927960927961e-2
+    p = p * r2 + 7.57575757575757575758e-3
+    p = p * r2 - 4.16666666666666666667e-3
+    p = p * r2 + 3.96825396825396825397e-3
+    p = p * r2 - 8.33333333333333333333e-3
+    p = p * r2 + 8.33333333333333333333e-2
+    return lg, lz - 0.5 * r - r2 * p
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -100,33 +129,45 @@ def _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, 
         if xv > 0.0:
             t = np.float64(theta[tr, g])
             lv = np.float64(logits[n, g])
-            _, spm, _, sm = _softplus_sigmoid(lv)
+            if lv <= _DERIVE_BELOW:
+                # softplus(-l) = softplus(l) - l and sigmoid(-l) = 1 - sigmoid(l), from the
+                # dense part's arrays (``sig`` only with gradients): no exp / log1p here;
+                # above the cutoff the subtraction would cancel, so it is computed afresh
+                spm = np.float64(sp[n, g]) - lv
+                s = np.float64(sig[n, g]) if want_grad else 0.0
+                sm = 1.0 - s
+            else:
+                _, spm, s, sm = _softplus_sigmoid(lv)
             xt = xv + t
             xi = int(xv)
-            if xi == xv and xi <= _SMALL_COUNT:  # exact recurrences: a few logs, no lgamma
-                lg_diff = 0.0
-                dg_diff = 0.0
+            if xi == xv and xi <= _SMALL_COUNT and t < 1e30:
+                # exact recurrences through P(t) = prod_{k<x} (t + k): log Gamma(x + t) -
+                # log Gamma(t) = log P and psi(x + t) - psi(t) = P'(t) / P(t): one log and
+                # one division per non-zero, no lgamma / digamma
+                prod = 1.0
+                dprod = 0.0
                 for k in range(xi):
                     tk = t + k
-                    lg_diff += math.log(tk)
-                    dg_diff += 1.0 / tk
+                    dprod = dprod * tk + prod
+                    prod *= tk
+                lg_diff = math.log(prod)
+                dg_diff = dprod / prod
                 log_fact = _LOG_FACTORIAL[xi]
             else:
                 if th_pre:
                     lgt = np.float64(lg_theta[tr, g])
                     dgt = np.float64(dg_theta[tr, g])
                 else:
-                    lgt = math.lgamma(t)
-                    dgt = _digamma(t) if want_grad else 0.0
-                lg_diff = math.lgamma(xt) - lgt
-                dg_diff = _digamma(xt) - dgt if want_grad else 0.0
-                log_fact = math.lgamma(xv + 1.0)
+                    lgt, dgt = _lgamma_digamma(t, want_grad)
+                lgx, dgx = _lgamma_digamma(xt, want_grad)
+                lg_diff = lgx - lgt
+                dg_diff = dgx - dgt
+                log_fact = _LOG_FACTORIAL[xi] if xi == xv and xi <= _TABLE_COUNT else math.lgamma(xv + 1.0)
             corr = lg_diff - log_fact - xv * spm
             if zinb:
                 corr += np.float64(a[n, g]) - np.float64(z[n, g])
             acc += corr
             if want_grad:
-                s = np.float64(sig[n, g])
                 g_mu[n, g] = xv * sm - t * s
                 g_theta[n, g] = t * (s - np.float64(sp[n, g]) + dg_diff) - xv * sm
                 if zinb:
