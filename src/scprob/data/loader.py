@@ -22,8 +22,19 @@ def _as_tensor(a: np.ndarray, dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
 
+def _numba_gather():
+    """The numba CSR row-gather kernel, or None when numba is missing."""
+    try:
+        from ._csr_numba import gather_rows
+    except ImportError:
+        return None
+    return gather_rows
+
+
 class CSRRows:
-    """Row gather from a CSR matrix held as three tensors; returns dense float32 rows."""
+    """Row gather from a CSR matrix held as three tensors; returns dense float32 rows.
+    On the CPU a numba loop writes the rows' entries straight into a zeroed buffer (when
+    numba imports); on a GPU (or without numba) tensor index arithmetic does it."""
 
     def __init__(self, X: sp.spmatrix, device: str | torch.device = "cpu"):
         X = X if sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array) else sp.csr_matrix(X)
@@ -32,8 +43,15 @@ class CSRRows:
         # zero-copy views of the AnnData's arrays on the CPU (int32 indices index fine)
         self.indices = torch.from_numpy(X.indices).to(device)
         self.data = torch.from_numpy(X.data.astype(np.float32, copy=False)).to(device)
+        self._gather = _numba_gather() if self.data.device.type == "cpu" else None
 
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        if self._gather is not None:
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.shape[0]):  # the kernel reads unchecked
+                raise IndexError(f"cell index out of range for {self.shape[0]} cells")
+            out = np.zeros((idx.shape[0], self.shape[1]), dtype=np.float32)
+            self._gather(self.indptr.numpy(), self.indices.numpy(), self.data.numpy(), idx.numpy(), out)
+            return torch.from_numpy(out)
         starts = self.indptr[idx]
         lens = self.indptr[idx + 1] - starts
         out = torch.zeros(idx.shape[0], self.shape[1], dtype=torch.float32, device=self.data.device)
