@@ -8,9 +8,17 @@ scalar ``exp``/``log1p`` loops are slower than them.  What numba fuses is the ``
 (math in :mod:`scprob.distributions._fused`), which PyTorch runs as a ``nonzero``, a dozen
 gathers and scatters and scalar ``lgamma``/``digamma`` kernels: here one loop over each row
 does the non-zero terms behind an ``x > 0`` branch, adds them to the row sums and
-overwrites the gradients at the non-zeros, with no coordinates needed.  Small integer
-counts (most of them in single-cell data) skip ``lgamma``/``digamma`` for exact finite
-recurrences (:data:`_SMALL_COUNT`).
+overwrites the gradients at the non-zeros, with no coordinates needed.
+
+Per non-zero the kernel avoids transcendental calls where exact identities allow:
+
+* ``softplus(-l) = softplus(l) - l`` and ``sigmoid(-l) = 1 - sigmoid(l)`` from the dense
+  part's arrays (below logit :data:`_DERIVE_BELOW`, where the subtraction cannot cancel);
+* integer counts ``x <= 8`` (:data:`_SMALL_COUNT`, most counts in single-cell data):
+  with ``P(t) = prod_{k<x} (t + k)``, ``log Gamma(x+t) - log Gamma(t) = log P`` and
+  ``psi(x+t) - psi(t) = P'(t) / P(t)``: one ``log`` and one division;
+* larger arguments: Stirling's series for ``log Gamma`` and the asymptotic series of
+  ``psi`` share one ``log`` from 10 on; ``log x!`` from a table up to 4096.
 
 All arithmetic is in float64 whatever the input dtype; outputs keep the input dtype.
 Division follows IEEE (``error_model="numpy"``): a dispersion that underflowed to 0 gives
