@@ -53,6 +53,19 @@ _DERIVE_BELOW = 10.0
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _psi_tail(z: float) -> float:
+    """sum_k B_2k / (2k x^2k) of psi's asymptotic series, in ``z = 1/x^2`` (Cephes' coefficients)."""
+    p = 8.33333333333333333333e-2
+    p = p * z - 2.10927960927960927961e-2
+    p = p * z + 7.57575757575757575758e-3
+    p = p * z - 4.16666666666666666667e-3
+    p = p * z + 3.96825396825396825397e-3
+    p = p * z - 8.33333333333333333333e-3
+    p = p * z + 8.33333333333333333333e-2
+    return z * p
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _lgamma_digamma(z: float, want_grad: bool) -> tuple[float, float]:
     """(log Gamma(z), psi(z)) for z > 0.  From z >= 10 both come from one shared log z:
     Stirling's series (z - 1/2) log z - z + log(2 pi)/2 + 1/(12z) - 1/(360z^3) +
@@ -66,14 +79,7 @@ def _lgamma_digamma(z: float, want_grad: bool) -> tuple[float, float]:
     lg = (z - 0.5) * lz - z + _HALF_LOG_2PI + r * (1.0 / 12.0 - r2 * (1.0 / 360.0 - r2 * (1.0 / 1260.0 - r2 / 1680.0)))
     if not want_grad:
         return lg, 0.0
-    p = 8.33333333333333333333e-2
-    p = p * r2 - 2.10927960927960927961e-2
-    p = p * r2 + 7.57575757575757575758e-3
-    p = p * r2 - 4.16666666666666666667e-3
-    p = p * r2 + 3.96825396825396825397e-3
-    p = p * r2 - 8.33333333333333333333e-3
-    p = p * r2 + 8.33333333333333333333e-2
-    return lg, lz - 0.5 * r - r2 * p
+    return lg, lz - 0.5 * r - _psi_tail(r2)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -91,15 +97,7 @@ def _digamma(x: float) -> float:
         return result + _PSI_10
     y = 0.0
     if x < 1.0e17:
-        z = 1.0 / (x * x)
-        p = 8.33333333333333333333e-2
-        p = p * z - 2.10927960927960927961e-2
-        p = p * z + 7.57575757575757575758e-3
-        p = p * z - 4.16666666666666666667e-3
-        p = p * z + 3.96825396825396825397e-3
-        p = p * z - 8.33333333333333333333e-3
-        p = p * z + 8.33333333333333333333e-2
-        y = z * p
+        y = _psi_tail(1.0 / (x * x))
     return result + math.log(x) - 0.5 / x - y
 
 
