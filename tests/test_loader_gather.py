@@ -29,9 +29,50 @@ def test_numba_gather_equals_tensor_path():
         np.testing.assert_array_equal(a.numpy(), X[idx.numpy()].toarray())
 
 
-def test_out_of_range_index_is_refused():
+@pytest.mark.parametrize("path", ["numba", "tensor"])
+def test_out_of_range_index_is_refused(path):
     r = CSRRows(_csr())
+    if path == "tensor":
+        r._gather = None
     with pytest.raises(IndexError):
         r[torch.tensor([0, 50])]
     with pytest.raises(IndexError):
         r[torch.tensor([-1])]
+
+
+def test_tensor_gather_gives_the_nonzero_coordinates_and_the_loss_uses_them():
+    import scprob
+    from scprob.data.keys import Keys
+    from scprob.distributions import _fused
+    from scprob.models import SCVI
+
+    from .conftest import make_counts
+
+    X = _csr()
+    X.data[::7] = 0.0  # explicitly stored zeros are not non-zeros
+    r = CSRRows(X)
+    r._gather = None  # the tensor path (a GPU's)
+    idx = torch.tensor([5, 7, 1, 1, 30])
+    dense, (rows, cols) = r.gather(idx, with_nz=True)
+    ref_rows, ref_cols = (dense > 0).nonzero(as_tuple=True)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(zip(ref_rows.tolist(), ref_cols.tolist()))
+
+    scprob.settings.seed = 0
+    a = make_counts(n_cells=40, n_genes=12)
+    SCVI.setup_anndata(a)
+    m = SCVI(a, n_hidden=8, n_latent=2)
+    store = m._store()
+    store.x._gather = None
+    batch = store[torch.arange(16)]
+    assert Keys.X_NZ_ROWS in batch
+    plain = {k: v for k, v in batch.items() if k not in (Keys.X_NZ_ROWS, Keys.X_NZ_COLS)}
+    m.module.eval()
+    _fused.set_backend("torch")
+    try:
+        torch.manual_seed(1)
+        with_nz = m.module(batch)[2].reconstruction_loss
+        torch.manual_seed(1)
+        without = m.module(plain)[2].reconstruction_loss
+    finally:
+        _fused.set_backend(None)
+    torch.testing.assert_close(with_nz, without)

@@ -9,6 +9,10 @@ class Keys:
     CAT_COVS = "extra_categorical_covs"
     SIZE_FACTOR = "size_factor"
     INDICES = "ind_x"
+    # row-major coordinates of X's positive entries, when the loader has them for free
+    # (the tensor CSR gather on a GPU): spares the likelihood a ``nonzero`` per step
+    X_NZ_ROWS = "_x_nz_rows"
+    X_NZ_COLS = "_x_nz_cols"
     # minified mode: cached posterior instead of counts
     QZM = "latent_qzm"
     QZV = "latent_qzv"

@@ -46,23 +46,34 @@ class CSRRows:
         self._gather = _numba_gather() if self.data.device.type == "cpu" else None
 
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.gather(idx)[0]
+
+    def gather(self, idx: torch.Tensor, with_nz: bool = False) -> tuple[torch.Tensor, tuple | None]:
+        """Dense rows ``idx`` and, with ``with_nz`` on the tensor path, the coordinates
+        ``(rows, cols)`` of their positive entries (the gather computes them anyway)."""
+        # the numba kernel reads unchecked; on a GPU the loader's own indices are trusted (no sync)
+        if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.shape[0]):
+            raise IndexError(f"cell index out of range for {self.shape[0]} cells")
         if self._gather is not None:
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.shape[0]):  # the kernel reads unchecked
-                raise IndexError(f"cell index out of range for {self.shape[0]} cells")
             out = np.zeros((idx.shape[0], self.shape[1]), dtype=np.float32)
             self._gather(self.indptr.numpy(), self.indices.numpy(), self.data.numpy(), idx.numpy(), out)
-            return torch.from_numpy(out)
+            return torch.from_numpy(out), None
         starts = self.indptr[idx]
         lens = self.indptr[idx + 1] - starts
         out = torch.zeros(idx.shape[0], self.shape[1], dtype=torch.float32, device=self.data.device)
         total = int(lens.sum())
         if total == 0:
-            return out
+            empty = torch.zeros(0, dtype=torch.int64, device=out.device)
+            return out, ((empty, empty) if with_nz else None)
         rows = torch.repeat_interleave(torch.arange(idx.shape[0], device=idx.device), lens)
         seg_start = torch.repeat_interleave(starts - (torch.cumsum(lens, 0) - lens), lens)
         pos = torch.arange(total, device=idx.device) + seg_start
-        out[rows, self.indices[pos]] = self.data[pos]
-        return out
+        cols, vals = self.indices[pos], self.data[pos]
+        out[rows, cols] = vals
+        if not with_nz:
+            return out, None
+        keep = vals > 0  # explicitly stored zeros are not non-zeros
+        return out, (rows[keep], cols[keep].long())
 
 
 class TensorStore:
@@ -99,7 +110,12 @@ class TensorStore:
     def __getitem__(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         idx = idx.to(self.device)
         batch = {k: v[idx] for k, v in self.tensors.items()}
-        if self.x is not None:
+        if isinstance(self.x, CSRRows):
+            # the tensor gather (GPU, or no numba) yields the non-zero coordinates for free
+            batch[Keys.X], nz = self.x.gather(idx, with_nz=self.x._gather is None)
+            if nz is not None:
+                batch[Keys.X_NZ_ROWS], batch[Keys.X_NZ_COLS] = nz
+        elif self.x is not None:
             batch[Keys.X] = self.x[idx]
         batch[Keys.INDICES] = idx
         return batch

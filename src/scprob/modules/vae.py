@@ -43,7 +43,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from ..data.keys import Keys
-from ..distributions import get_likelihood, latent_transform
+from ..distributions import NegativeBinomial, Poisson, get_likelihood, latent_transform
 from ..nn import DecoderSCVI, Encoder, LinearDecoderSCVI
 from .base import BaseModule, LossOutput
 
@@ -297,7 +297,11 @@ class VAE(BaseModule):
     def loss(self, tensors, inference_outputs, generative_outputs, kl_weight: float = 1.0) -> LossOutput:
         x = tensors[Keys.X]
         px = generative_outputs["px"]
-        rec = -(px.log_prob_rowsum(x) if hasattr(px, "log_prob_rowsum") else px.log_prob(x).sum(-1))
+        # the loader's non-zero coordinates of x when it has them (GPU gather), else computed
+        if Keys.X_NZ_ROWS in tensors and isinstance(px, (NegativeBinomial, Poisson)):
+            rec = -px.log_prob_rowsum(x, nz=(tensors[Keys.X_NZ_ROWS], tensors[Keys.X_NZ_COLS]))
+        else:
+            rec = -(px.log_prob_rowsum(x) if hasattr(px, "log_prob_rowsum") else px.log_prob(x).sum(-1))
         kl_z = kl_divergence(inference_outputs["qz"], generative_outputs["pz"]).sum(-1)
         kl_l = (
             kl_divergence(inference_outputs["ql"], generative_outputs["pl"]).sum(-1)
