@@ -23,20 +23,18 @@ def _as_tensor(a: np.ndarray, dtype) -> torch.Tensor:
 
 
 def _numba_gather():
-    """The numba CSR row-gather kernels (plain, and listing the non-zeros), or None when
-    numba is missing."""
+    """The numba CSR row-gather kernel, or None when numba is missing."""
     try:
-        from ._csr_numba import gather_rows, gather_rows_nz
+        from ._csr_numba import gather_rows
     except ImportError:
         return None
-    return gather_rows, gather_rows_nz
+    return gather_rows
 
 
 class CSRRows:
-    """Row gather from a CSR matrix held as three tensors; returns dense float32 rows
-    (and, on request, the coordinates of their positive entries).  On the CPU a numba
-    loop writes the rows' entries straight into a zeroed buffer (when numba imports); on
-    a GPU (or without numba) tensor index arithmetic does it."""
+    """Row gather from a CSR matrix held as three tensors; returns dense float32 rows.
+    On the CPU a numba loop writes the rows' entries straight into a zeroed buffer (when
+    numba imports); on a GPU (or without numba) tensor index arithmetic does it."""
 
     def __init__(self, X: sp.spmatrix, device: str | torch.device = "cpu"):
         X = X if sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array) else sp.csr_matrix(X)
@@ -58,15 +56,8 @@ class CSRRows:
             raise IndexError(f"cell index out of range for {self.shape[0]} cells")
         if self._gather is not None:
             out = np.zeros((idx.shape[0], self.shape[1]), dtype=np.float32)
-            csr = (self.indptr.numpy(), self.indices.numpy(), self.data.numpy(), idx.numpy())
-            if not with_nz:
-                self._gather[0](*csr, out)
-                return torch.from_numpy(out), None
-            ptr = csr[0]
-            total = int((ptr[csr[3] + 1] - ptr[csr[3]]).sum())
-            rows, cols = np.empty(total, dtype=np.int64), np.empty(total, dtype=np.int64)
-            k = self._gather[1](*csr, out, rows, cols)
-            return torch.from_numpy(out), (torch.from_numpy(rows[:k]), torch.from_numpy(cols[:k]))
+            self._gather(self.indptr.numpy(), self.indices.numpy(), self.data.numpy(), idx.numpy(), out)
+            return torch.from_numpy(out), None
         starts = self.indptr[idx]
         lens = self.indptr[idx + 1] - starts
         out = torch.zeros(idx.shape[0], self.shape[1], dtype=torch.float32, device=self.data.device)
@@ -120,9 +111,8 @@ class TensorStore:
         idx = idx.to(self.device)
         batch = {k: v[idx] for k, v in self.tensors.items()}
         if isinstance(self.x, CSRRows):
-            # the gather yields the non-zero coordinates almost for free: the likelihood
-            # then visits only those entries (numba) or needs no nonzero (tensor path)
-            batch[Keys.X], nz = self.x.gather(idx, with_nz=True)
+            # the tensor gather (GPU, or no numba) yields the non-zero coordinates for free
+            batch[Keys.X], nz = self.x.gather(idx, with_nz=self.x._gather is None)
             if nz is not None:
                 batch[Keys.X_NZ_ROWS], batch[Keys.X_NZ_COLS] = nz
         elif self.x is not None:

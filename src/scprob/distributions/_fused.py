@@ -89,7 +89,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -275,12 +274,9 @@ def _numba_ok(x: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor 
 
 def _nb_numba(
     x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None, want_grad: bool,
-    nz: NonZeros | None = None,
 ) -> Result:
     """Per-cell sums and per-element gradients: the dense part in PyTorch, the non-zero part
-    in one numba kernel (CPU, no ``nonzero``).  With ``nz`` (row-sorted coordinates of the
-    positive entries, as the loader gives them) the kernel visits only those entries
-    instead of scanning every row for ``x > 0``."""
+    in one numba kernel (CPU, no ``nonzero``)."""
     kern = _numba_kernels()
     n_cells, n_genes = x.shape
     dtype = log_mu.dtype
@@ -308,14 +304,8 @@ def _nb_numba(
         fn = kern.nz_rows_parallel
     else:
         fn = kern.nz_rows_serial
-    if nz is None:
-        row_ptr = cols = np.empty(0, dtype=np.int64)
-    else:
-        rows = nz[0].to(torch.int64)
-        row_ptr = torch.searchsorted(rows, torch.arange(n_cells + 1, dtype=torch.int64)).numpy()
-        cols = nz[1].to(torch.int64).contiguous().numpy()
     fn(*arrs, th_rs, *pre, th_pre, *mid, pi_rs, zinb, want_grad,
-       value.detach().numpy(), g_mu.detach().numpy(), g_theta.detach().numpy(), g_pi.detach().numpy(), row_ptr, cols)
+       value.detach().numpy(), g_mu.detach().numpy(), g_theta.detach().numpy(), g_pi.detach().numpy())
     if not want_grad:
         return value, None, None, None
     return value, d["g_mu"], d["g_theta"], d["g_pi"]
@@ -332,8 +322,7 @@ class NBLogProbRowSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, log_mu, log_theta, zi_logits, rows, cols, use_numba):  # type: ignore[override]
         if use_numba:
-            value, g_mu, g_theta, g_pi = _nb_numba(x, log_mu, log_theta, zi_logits, True,
-                                                   None if rows is None else (rows, cols))
+            value, g_mu, g_theta, g_pi = _nb_numba(x, log_mu, log_theta, zi_logits, True)
         else:
             value, g_mu, g_theta, g_pi = _nb_torch(x, log_mu, log_theta, zi_logits, (rows, cols), True)
         ctx.save_for_backward(g_mu, g_theta, g_pi)
@@ -414,10 +403,10 @@ def nb_rowsum(
         x = x.to(log_mu.dtype)
     if not use_numba and nz is None:
         nz = nonzero_coords(x)
-    rows, cols = (None, None) if nz is None else nz
+    rows, cols = (None, None) if use_numba else nz
     if not _grad_needed(log_mu, log_theta, zi_logits):
         if use_numba:
-            return _nb_numba(x, log_mu, log_theta, zi_logits, False, nz)[0]
+            return _nb_numba(x, log_mu, log_theta, zi_logits, False)[0]
         return _nb_torch(x, log_mu, log_theta, zi_logits, (rows, cols), False)[0]
     return NBLogProbRowSum.apply(x, log_mu, log_theta, zi_logits, rows, cols, use_numba)
 

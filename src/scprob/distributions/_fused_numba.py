@@ -120,100 +120,83 @@ def _softplus_sigmoid(v: float) -> tuple[float, float, float, float]:
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _nz_entry(n, g, xv, tr, pr, logits, theta, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, zinb, want_grad,
-              g_mu, g_theta, g_pi) -> float:
-    """The non-zero entry (n, g), count ``xv`` > 0: returns N (+ A - z for ZINB) and, with
-    ``want_grad``, overwrites its gradients with the NB derivatives (weight 1 on A,
-    -sigmoid(pi) for the dropout logit).  ``tr``/``pr``: the parameter rows of theta / pi."""
-    t = np.float64(theta[tr, g])
-    lv = np.float64(logits[n, g])
-    if lv <= _DERIVE_BELOW:
-        # softplus(-l) = softplus(l) - l and sigmoid(-l) = 1 - sigmoid(l), from the
-        # dense part's arrays (``sig`` only with gradients): no exp / log1p here;
-        # above the cutoff the subtraction would cancel, so it is computed afresh
-        spm = np.float64(sp[n, g]) - lv
-        s = np.float64(sig[n, g]) if want_grad else 0.0
-        sm = 1.0 - s
-    else:
-        _, spm, s, sm = _softplus_sigmoid(lv)
-    xt = xv + t
-    xi = int(xv)
-    if xi == xv and xi <= _SMALL_COUNT and t < 1e30:
-        # exact recurrences through P(t) = prod_{k<x} (t + k): log Gamma(x + t) -
-        # log Gamma(t) = log P and psi(x + t) - psi(t) = P'(t) / P(t): one log and
-        # one division per non-zero, no lgamma / digamma
-        prod = 1.0
-        dprod = 0.0
-        for k in range(xi):
-            tk = t + k
-            dprod = dprod * tk + prod
-            prod *= tk
-        lg_diff = math.log(prod)
-        dg_diff = dprod / prod
-        log_fact = _LOG_FACTORIAL[xi]
-    else:
-        if th_pre:
-            lgt = np.float64(lg_theta[tr, g])
-            dgt = np.float64(dg_theta[tr, g])
-        else:
-            lgt, dgt = _lgamma_digamma(t, want_grad)
-        lgx, dgx = _lgamma_digamma(xt, want_grad)
-        lg_diff = lgx - lgt
-        dg_diff = dgx - dgt
-        log_fact = _LOG_FACTORIAL[xi] if xi == xv and xi <= _TABLE_COUNT else math.lgamma(xv + 1.0)
-    corr = lg_diff - log_fact - xv * spm
-    if zinb:
-        corr += np.float64(a[n, g]) - np.float64(z[n, g])
-    if want_grad:
-        g_mu[n, g] = xv * sm - t * s
-        g_theta[n, g] = t * (s - np.float64(sp[n, g]) + dg_diff) - xv * sm
-        if zinb:
-            g_pi[n, g] = -sig_pi[pr, g]
-    return corr
-
-
-@njit(cache=True, inline="always", error_model="numpy")
 def _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb, want_grad,
-            g_mu, g_theta, g_pi, row_ptr, cols) -> float:
-    """The ``x > 0`` part of row ``n``: sum_{g: x>0} [N (+ A - z for ZINB)], gradients
-    overwritten at the non-zeros.  With a column list (``row_ptr`` of length N + 1 and
-    ``cols``, the row-sorted coordinates of the positive entries, as the loader gives
-    them) only those entries are visited; otherwise the row is scanned for ``x > 0``.
-    ``th_rs``/``pi_rs`` are 0 for per-gene (1, G) parameters, 1 for (N, G); ``th_pre``
-    says lgamma/digamma of theta are precomputed per gene in ``lg_theta``/``dg_theta``."""
+            g_mu, g_theta, g_pi) -> float:
+    """The ``x > 0`` part of row ``n``: returns sum_{g: x>0} [N (+ A - z for ZINB)] and, with
+    ``want_grad``, overwrites the row's gradients at the non-zeros with the NB derivatives
+    (weight 1 on A, -sigmoid(pi) for the dropout logit).  ``th_rs``/``pi_rs`` are 0 for
+    per-gene (1, G) parameters, 1 for (N, G); ``th_pre`` says lgamma/digamma of theta are
+    precomputed per gene in ``lg_theta``/``dg_theta``."""
     tr = n * th_rs
     pr = n * pi_rs
     acc = 0.0
-    if row_ptr.shape[0] > 0:
-        for p in range(row_ptr[n], row_ptr[n + 1]):
-            g = cols[p]
-            acc += _nz_entry(n, g, np.float64(x[n, g]), tr, pr, logits, theta, lg_theta, dg_theta, th_pre, sig, sp,
-                             a, z, sig_pi, zinb, want_grad, g_mu, g_theta, g_pi)
-        return acc
     for g in range(x.shape[1]):
         xv = np.float64(x[n, g])
         if xv > 0.0:
-            acc += _nz_entry(n, g, xv, tr, pr, logits, theta, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi,
-                             zinb, want_grad, g_mu, g_theta, g_pi)
+            t = np.float64(theta[tr, g])
+            lv = np.float64(logits[n, g])
+            if lv <= _DERIVE_BELOW:
+                # softplus(-l) = softplus(l) - l and sigmoid(-l) = 1 - sigmoid(l), from the
+                # dense part's arrays (``sig`` only with gradients): no exp / log1p here;
+                # above the cutoff the subtraction would cancel, so it is computed afresh
+                spm = np.float64(sp[n, g]) - lv
+                s = np.float64(sig[n, g]) if want_grad else 0.0
+                sm = 1.0 - s
+            else:
+                _, spm, s, sm = _softplus_sigmoid(lv)
+            xt = xv + t
+            xi = int(xv)
+            if xi == xv and xi <= _SMALL_COUNT and t < 1e30:
+                # exact recurrences through P(t) = prod_{k<x} (t + k): log Gamma(x + t) -
+                # log Gamma(t) = log P and psi(x + t) - psi(t) = P'(t) / P(t): one log and
+                # one division per non-zero, no lgamma / digamma
+                prod = 1.0
+                dprod = 0.0
+                for k in range(xi):
+                    tk = t + k
+                    dprod = dprod * tk + prod
+                    prod *= tk
+                lg_diff = math.log(prod)
+                dg_diff = dprod / prod
+                log_fact = _LOG_FACTORIAL[xi]
+            else:
+                if th_pre:
+                    lgt = np.float64(lg_theta[tr, g])
+                    dgt = np.float64(dg_theta[tr, g])
+                else:
+                    lgt, dgt = _lgamma_digamma(t, want_grad)
+                lgx, dgx = _lgamma_digamma(xt, want_grad)
+                lg_diff = lgx - lgt
+                dg_diff = dgx - dgt
+                log_fact = _LOG_FACTORIAL[xi] if xi == xv and xi <= _TABLE_COUNT else math.lgamma(xv + 1.0)
+            corr = lg_diff - log_fact - xv * spm
+            if zinb:
+                corr += np.float64(a[n, g]) - np.float64(z[n, g])
+            acc += corr
+            if want_grad:
+                g_mu[n, g] = xv * sm - t * s
+                g_theta[n, g] = t * (s - np.float64(sp[n, g]) + dg_diff) - xv * sm
+                if zinb:
+                    g_pi[n, g] = -sig_pi[pr, g]
     return acc
 
 
 @njit(cache=True, error_model="numpy")
 def nz_rows_serial(x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb, want_grad,
-                   out, g_mu, g_theta, g_pi, row_ptr, cols) -> None:
+                   out, g_mu, g_theta, g_pi) -> None:
     """Add the non-zero part of each row to ``out`` (and fix the gradients) row after row."""
     for n in range(x.shape[0]):
         out[n] += _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb,
-                          want_grad, g_mu, g_theta, g_pi, row_ptr, cols)
+                          want_grad, g_mu, g_theta, g_pi)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def nz_rows_parallel(x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb,
-                     want_grad, out, g_mu, g_theta, g_pi, row_ptr, cols) -> None:
+                     want_grad, out, g_mu, g_theta, g_pi) -> None:
     """:func:`nz_rows_serial` with the rows split over numba's threads."""
     for n in prange(x.shape[0]):
         out[n] += _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb,
-                          want_grad, g_mu, g_theta, g_pi, row_ptr, cols)
+                          want_grad, g_mu, g_theta, g_pi)
 
 
 def set_threads(n: int) -> int:
