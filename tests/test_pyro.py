@@ -101,6 +101,23 @@ def test_elbo_choice(counts):
 
 
 # --------------------------------------------------------------- PyroSCVI
+def test_manual_elbo_clips_gradients(counts):
+    """A loss_and_grads-only ELBO steps manually: train(gradient_clip_val=...) clips there too."""
+    from lightning.pytorch.callbacks import Callback
+
+    norms = []
+
+    class Norms(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    m = PyroSCVI(counts, n_latent=3)
+    m.train(max_epochs=2, gradient_clip_val=1e-3, callbacks=[Norms()],
+            plan_kwargs=dict(loss_fn=pyro.infer.TraceGraph_ELBO(), n_epochs_kl_warmup=None), **FAST)
+    assert norms and max(norms) <= 1e-3 * (1 + 1e-4)
+
+
 def test_nb_rows_matches_pyro_negative_binomial():
     g = torch.Generator().manual_seed(0)
     x = torch.poisson(torch.rand(6, 9, generator=g) * 3)

@@ -111,8 +111,9 @@ class TensorStore:
         idx = idx.to(self.device)
         batch = {k: v[idx] for k, v in self.tensors.items()}
         if isinstance(self.x, CSRRows):
-            # the tensor gather (GPU, or no numba) yields the non-zero coordinates for free
-            batch[Keys.X], nz = self.x.gather(idx, with_nz=self.x._gather is None)
+            # the tensor gather (GPU, or no numba) yields the non-zero coordinates for free;
+            # the numba gather gives None (its likelihood kernel needs none)
+            batch[Keys.X], nz = self.x.gather(idx, with_nz=True)
             if nz is not None:
                 batch[Keys.X_NZ_ROWS], batch[Keys.X_NZ_COLS] = nz
         elif self.x is not None:

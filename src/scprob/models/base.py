@@ -254,9 +254,9 @@ class BaseModel:
     def _loader_cls(store: TensorStore):
         return ChunkedLoader if isinstance(store, BackedStore) else BatchLoader
 
-    def _loader(self, adata=None, indices=None, batch_size: int | None = None):
-        store = self._store(adata)
-        return self._loader_cls(store)(store, indices, batch_size=batch_size or 1024, shuffle=False)
+    def _loader(self, adata=None, indices=None, batch_size: int | None = None, shuffle: bool = False):
+        store = self._store(adata)  # validates adata against the model
+        return self._loader_cls(store)(store, indices, batch_size=batch_size or 1024, shuffle=shuffle)
 
     # --------------------------------------------------------------- training
     @keeps_global_rng
@@ -422,9 +422,7 @@ class BaseModel:
         model's own), as scvi-tools' ``_make_data_loader``: pass it as ``dataloader=`` to
         ``get_latent_representation``, ``get_elbo``, ``get_reconstruction_error`` or
         ``get_marginal_ll``.  It yields dicts of tensors keyed as the module expects."""
-        adata = self._validate_anndata(adata)
-        store = self._store(adata)
-        return self._loader_cls(store)(store, indices, batch_size=batch_size or 1024, shuffle=shuffle)
+        return self._loader(adata, indices, batch_size, shuffle)
 
     def _batches(self, adata=None, indices=None, batch_size: int | None = None, dataloader=None):
         if dataloader is not None and (adata is not None or indices is not None):

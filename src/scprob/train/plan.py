@@ -224,10 +224,15 @@ class TrainingPlan(pl.LightningModule):
         opt = self.optimizers() if optimizer is None else optimizer
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        self._clip(opt)
+        opt.step()
+
+    def _clip(self, opt) -> None:
+        """Clip ``opt``'s gradients when ``gradient_clip_val`` is set (manual optimization:
+        Lightning leaves clipping to the plan)."""
         if self.gradient_clip_val:
             self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val,
                                 gradient_clip_algorithm=self.gradient_clip_algorithm)
-        opt.step()
 
     def training_step(self, batch, batch_idx):
         _, _, lo = self.module(batch, loss_kwargs={"kl_weight": self.kl_weight})
@@ -427,6 +432,7 @@ class PyroTrainingPlan(TrainingPlan):
             for p in group["params"]:
                 if p.grad is not None:
                     p.grad.mul_(scale)
+        self._clip(opt)
         opt.step()
         self._record("train", torch.as_tensor(_first(value) * scale, device=self.device, dtype=torch.float32), n_batch)
         return None
