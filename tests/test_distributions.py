@@ -127,3 +127,15 @@ def test_sparse_aware_rowsum_equals_dense(zi, theta_shape):
     g_fast = torch.autograd.grad(fast.sum(), [log_mu, log_theta] + ([pi] if zi else []))
     for a, b in zip(g_fast, g_dense):
         torch.testing.assert_close(a, b)
+
+
+def test_log_mean_is_log_of_mean_without_underflow():
+    log_mu = torch.tensor([[-80.0, -3.0, 0.0, 5.0]])
+    theta = torch.tensor([[0.5, 2.0, 10.0, 1e4]])
+    zi = torch.tensor([[-2.0, 0.0, 3.0, -20.0]])
+    nb = NegativeBinomial(log_mu=log_mu, theta=theta)
+    zinb = ZeroInflatedNegativeBinomial(log_mu=log_mu, theta=theta, zi_logits=zi)
+    for d in (nb, zinb):
+        finite = d.mean > 0
+        assert torch.allclose(d.log_mean[finite], d.mean[finite].log(), atol=1e-5)
+    assert torch.isfinite(zinb.log_mean).all() and zinb.log_mean[0, 0] < -80  # exp would underflow to 0

@@ -671,6 +671,55 @@ def test_user_callbacks_see_every_stage():
     assert cb.n == len(glue.history["train_loss"]) == 6
 
 
+class _RecordLR:
+    """Lightning callback recording the VAE optimizer's learning rate each epoch, by stage."""
+
+    def __new__(cls):
+        import lightning.pytorch as pl
+
+        class Rec(pl.Callback):
+            def __init__(self):
+                self.rows = []
+
+            def on_train_epoch_end(self, trainer, plm):
+                self.rows.append((plm.lr_anneal is not None, trainer.optimizers[0].param_groups[0]["lr"]))
+
+        return Rec()
+
+
+def test_fine_tune_anneals_the_learning_rate_over_the_pretrain_length():
+    from scprob.train.adversarial import AdversarialTrainingPlan
+
+    rna, atac, edges = configured()
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    rec = _RecordLR()
+    glue.train(max_epochs=4, lr=1e-3, early_stopping=False, callbacks=[rec], **FIT)
+    pre = [lr for ft, lr in rec.rows if not ft]
+    ft = [lr for ft, lr in rec.rows if ft]
+    assert pre == [1e-3] * 4 and len(ft) == 4  # fine-tune as long as the pretrain by default
+    assert np.allclose([ft[0], ft[-1]], [0.3e-3, 0.01e-3]) and all(a > b for a, b in zip(ft, ft[1:]))
+    plan = AdversarialTrainingPlan(glue.module, lr_anneal=(0.3, 0.01))
+    mid = plan.anneal_scale(2, 5)  # half way along the half cosine: the mean of the two ends
+    assert np.isclose(mid, (0.3 + 0.01) / 2)
+
+    rec = _RecordLR()
+    glue2 = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    glue2.train(max_epochs=3, fine_tune_epochs=2, fine_tune_lr=(1.0, 0.5), early_stopping=False, callbacks=[rec], **FIT)
+    assert [lr for ft, lr in rec.rows if ft] == pytest.approx([2e-3, 1e-3])
+    assert (glue2.history["stage"]["stage"] == "fine-tune").sum() == 2
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(fine_tune_epochs=0), "fine_tune_epochs"),
+                                     (dict(fine_tune_lr=(0.3, 0.0)), "fine_tune_lr"),
+                                     (dict(fine_tune_lr=(0.3,)), "fine_tune_lr")])
+def test_fine_tune_schedule_bad_arguments(kw, msg):
+    rna, atac, edges = configured()
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    with pytest.raises(ValueError, match=msg):
+        glue.train(max_epochs=2, **kw, **FIT)
+    assert not glue.is_trained_ and not glue.history
+
+
 # ---------------------------------------------------------------- 7. save / load
 
 

@@ -187,6 +187,11 @@ class NegativeBinomial(Distribution):
         return self.mu
 
     @property
+    def log_mean(self) -> torch.Tensor:
+        """``log(mean)`` without the round trip through ``exp`` (which underflows)."""
+        return self.log_mu
+
+    @property
     def variance(self) -> torch.Tensor:
         mu = self.mu
         return mu + mu * mu / self.theta
@@ -232,6 +237,10 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
     @property
     def mean(self) -> torch.Tensor:
         return (1.0 - self.zi_probs) * self.mu
+
+    @property
+    def log_mean(self) -> torch.Tensor:
+        return self.log_mu - torch.nn.functional.softplus(self.zi_logits)  # log(1 - sigmoid(z)) = -softplus(z)
 
     @property
     def variance(self) -> torch.Tensor:

@@ -258,8 +258,13 @@ class GLUEModule(BaseModule):
             frozen = {n: p.detach() for n, p in dec.named_parameters()}
             b0 = torch.zeros(u.shape[0], dtype=torch.long, device=u.device)
             px = torch.func.functional_call(dec, frozen, (u, self.feature_embeddings(v, m).detach(), b0, u.new_ones(u.shape[0], 1)))
-            mean = px.mean.index_select(1, idx)
-            out[(k, m)] = dict(act=act, own=own, pred=mean.clamp_min(1e-12).log() if self._is_count[m] else mean)
+            if not self._is_count[m]:
+                pred = px.mean.index_select(1, idx)
+            elif hasattr(type(px), "log_mean"):  # no exp/log round trip, only the linked features
+                pred = px.log_mean.index_select(1, idx)
+            else:
+                pred = px.mean.index_select(1, idx).clamp_min(1e-12).log()
+            out[(k, m)] = dict(act=act, own=own, pred=pred)
         return out
 
     @staticmethod
