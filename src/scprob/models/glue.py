@@ -195,8 +195,9 @@ class GLUE:
         stopping ends the pretrain (or the single stage when ``balance=False``) when the
         validation loss has not improved by 1% of the progress made so far for
         ``patience`` epochs (default: a tenth of the budget, at least 8).  The fine-tune
-        then runs ``fine_tune_epochs`` (default: as many as the pretrain took, so the
-        data's own convergence sets its length) with the learning rate annealed along a
+        then runs ``fine_tune_epochs`` (default: half as many as the pretrain took, so
+        the data's own convergence sets its length; as long again gave the same result on
+        the synthetic benchmark, FOSCTTM 0.0033 / 0.0033 vs 0.0030 / 0.0036 on two seeds) with the learning rate annealed along a
         half cosine from ``fine_tune_lr[0] * lr`` to ``fine_tune_lr[1] * lr``: at a fixed
         rate the adversarial game keeps oscillating around the alignment (FOSCTTM on the
         synthetic benchmark swung between 0.0035 and 0.03 from one epoch to the next), and
@@ -293,8 +294,8 @@ class GLUE:
                 self.module.train()
             annealed = stage == "fine-tune"
             stage_epochs = budget
-            if annealed:  # the pretrain's length (offset) is the data's time scale
-                stage_epochs = int(fine_tune_epochs) if fine_tune_epochs is not None else min(max(offset, 1), budget)
+            if annealed:  # half the pretrain's length (offset): the data's time scale
+                stage_epochs = int(fine_tune_epochs) if fine_tune_epochs is not None else min(max(-(-offset // 2), 1), budget)
             plan = AdversarialTrainingPlan(self.module, lr=lr, lam_align=lam_align, align_burnin=stage_burnin,
                                            burnin_noise=burnin_noise, optimizer=optimizer, loss_kwargs=loss_kwargs,
                                            lr_anneal=tuple(fine_tune_lr) if annealed else None)
