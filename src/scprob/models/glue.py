@@ -197,11 +197,12 @@ class GLUE:
         ``patience`` epochs (default: a tenth of the budget, at least 8).  The fine-tune
         then runs ``fine_tune_epochs`` (default: half as many as the pretrain took, so
         the data's own convergence sets its length; as long again gave the same result on
-        the synthetic benchmark, FOSCTTM 0.0033 / 0.0033 vs 0.0030 / 0.0036 on two seeds) with the learning rate annealed along a
-        half cosine from ``fine_tune_lr[0] * lr`` to ``fine_tune_lr[1] * lr``: at a fixed
-        rate the adversarial game keeps oscillating around the alignment (FOSCTTM on the
-        synthetic benchmark swung between 0.0035 and 0.03 from one epoch to the next), and
-        where training stopped decided the result; annealed, it settles.  ``align_burnin``: epochs over which the discriminator's input noise
+        the synthetic benchmark) with the learning rate annealed along a half cosine from
+        ``fine_tune_lr[0] * lr`` to ``fine_tune_lr[1] * lr``: at a fixed rate the
+        adversarial game keeps oscillating around the alignment (FOSCTTM on the synthetic
+        benchmark swung between 0.0035 and 0.03 from one epoch to the next) and where
+        training stopped decided the result; annealed, it settles.
+        ``align_burnin``: epochs over which the discriminator's input noise
         (``burnin_noise`` standard deviations at the start) fades to none (default a tenth
         of the budget).  ``optimizer``: "RMSprop" (default) or "Adam", both networks.
         ``lam_*`` weigh the terms of the objective (see :mod:`scprob.modules.glue`):

@@ -260,7 +260,7 @@ class GLUEModule(BaseModule):
             px = torch.func.functional_call(dec, frozen, (u, self.feature_embeddings(v, m).detach(), b0, u.new_ones(u.shape[0], 1)))
             if not self._is_count[m]:
                 pred = px.mean.index_select(1, idx)
-            elif hasattr(type(px), "log_mean"):  # no exp/log round trip, only the linked features
+            elif hasattr(type(px), "log_mean"):  # no exp/log round trip (exp underflows to denormals)
                 pred = px.log_mean.index_select(1, idx)
             else:
                 pred = px.mean.index_select(1, idx).clamp_min(1e-12).log()
