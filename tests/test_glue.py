@@ -1029,3 +1029,20 @@ def test_match_loss_pulls_linked_lookalikes_together():
 
         plan = _sinkhorn(_corr_dist(cross[(k, m)]["act"], cross[(k, m)]["own"]), 0.05, 50)
     assert float(plan.diagonal().sum()) > 3.0 / 60
+
+
+def test_gradient_clipping_reaches_both_glue_optimizers():
+    # train(gradient_clip_val=...) goes to the manually optimizing plan (Lightning alone refuses it)
+    import lightning.pytorch as pl
+
+    norms = []
+
+    class Norms(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    rna, atac, edges = configured()
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    glue.train(max_epochs=2, gradient_clip_val=1e-3, callbacks=[Norms()], **FIT)
+    assert len(norms) > 4 and max(norms) <= 1e-3 * (1 + 1e-4)

@@ -369,10 +369,6 @@ class BaseModel:
             raise ValueError("nothing to train: every parameter is frozen (a query with no new batches needs no training)")
         self.module.train()  # Lightning keeps modules in the mode it finds them
         plan = self._plan_cls(self.module, **(self._plan_defaults | (plan_kwargs or {})))
-        if not plan.automatic_optimization and trainer_kwargs.get("gradient_clip_val"):
-            # Lightning clips only under automatic optimization: the plan clips itself
-            plan.gradient_clip_val = trainer_kwargs.pop("gradient_clip_val")
-            plan.gradient_clip_algorithm = trainer_kwargs.pop("gradient_clip_algorithm", None) or "norm"
         callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         if checkpoint_dir is not None or resumed is not None:
             extra = dict(model_class=type(self).__name__, data=fingerprint, seed=int(seed), max_epochs=int(max_epochs),

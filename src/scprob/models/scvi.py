@@ -213,7 +213,6 @@ class SCVI(BaseModel):
         cols = np.asarray(self.registry["var_names"])[genes]
         return pd.DataFrame(out, index=idx, columns=cols)
 
-
     def _importance_expression(self, adata, indices, transform_batch, gene_list, library_size, n_samples,
                                n_samples_overall, batch_size, iw_kwargs) -> np.ndarray:
         from ._de import _sample_population

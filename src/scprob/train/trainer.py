@@ -239,8 +239,14 @@ def run_training(
     ``_min_delta``, ``_mode`` (``"min"``/``"max"``) and ``_warmup_epochs`` (epochs before
     monitoring starts).  The Trainer's logger is a :class:`HistoryLogger` unless
     ``logger=`` is given (``trainer.logger.history`` then holds what callbacks logged);
-    ``learning_rate_monitor=True`` adds Lightning's ``LearningRateMonitor``."""
+    ``learning_rate_monitor=True`` adds Lightning's ``LearningRateMonitor``.
+    ``gradient_clip_val`` / ``gradient_clip_algorithm`` go to a manually optimizing plan
+    (every scprob plan), which clips in its own step."""
     callbacks = list(callbacks or [])
+    if not plan.automatic_optimization and trainer_kwargs.get("gradient_clip_val"):
+        # Lightning clips only under automatic optimization: a manual plan clips itself
+        plan.gradient_clip_val = trainer_kwargs.pop("gradient_clip_val")
+        plan.gradient_clip_algorithm = trainer_kwargs.pop("gradient_clip_algorithm", None) or "norm"
     has_val = val_loader is not None and len(val_loader) > 0
     if early_stopping:
         if early_stopping_mode not in ("min", "max"):
