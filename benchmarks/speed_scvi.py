@@ -10,6 +10,7 @@ Each side runs alone in its own process (never two PyTorch jobs at once).
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,9 @@ res = {}
 for impl, py in (("scvi", args.peer_python), ("scprob", sys.executable)):
     cmd = [py, str(HERE / "_speed_worker.py"), impl, args.path, "--epochs", str(args.epochs),
            "--threads", str(args.threads), "--accelerator", args.accelerator]
-    env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "SCPROB_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"}
+    # the caller's environment (PYTHONPATH, CUDA variables) with the thread counts set
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               SCPROB_NUM_THREADS=str(args.threads))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         sys.exit(f"{impl} failed:\n{out.stderr[-4000:]}")

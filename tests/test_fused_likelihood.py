@@ -13,7 +13,7 @@ from scprob.distributions._count import (
     poisson_log_prob_rowsum,
 )
 
-BACKENDS = ["torch"] + (["numba"] if _fused.numba_available() else [])
+BACKENDS = ["torch", "dense"] + (["numba"] if _fused.numba_available() else [])
 
 
 @pytest.fixture(autouse=True)
@@ -197,8 +197,10 @@ def test_reference_backend_and_fallbacks():
         _fused.set_backend("nope")
 
 
+@pytest.mark.parametrize("backend", ["torch", "dense"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_poisson_matches_reference(dtype):
+def test_poisson_matches_reference(backend, dtype):
+    _fused.set_backend(backend)
     x = _counts(8, 10, dtype)
     gen = torch.Generator().manual_seed(3)
     lr = (torch.randn(8, 10, generator=gen, dtype=torch.float64) + 0.5).to(dtype).requires_grad_()
@@ -217,7 +219,9 @@ def test_poisson_matches_reference(dtype):
     torch.testing.assert_close(poisson_log_prob_rowsum(x, lr, nz), poisson_log_prob_rowsum(x, lr), rtol=0, atol=0)
 
 
-def test_poisson_gradcheck_and_zero_rate():
+@pytest.mark.parametrize("backend", ["torch", "dense"])
+def test_poisson_gradcheck_and_zero_rate(backend):
+    _fused.set_backend(backend)
     x = _counts(5, 6, torch.float64, density=0.5)
     lr = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: poisson_log_prob_rowsum(x, t), (lr,))

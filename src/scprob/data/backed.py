@@ -24,6 +24,7 @@ class BackedStore(TensorStore):
 
     def __init__(self, adata, registry: dict, device: str | torch.device = "cpu"):
         super().__init__(adata, registry, device=device, load_x=False)
+        self.index_device = torch.device("cpu")  # rows are read from disk on the host
         self.X = get_matrix(adata, registry["setup_args"]["layer"])
 
     def read_rows(self, rows: np.ndarray) -> CSRRows:

@@ -22,6 +22,9 @@ def _as_tensor(a: np.ndarray, dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
 
+_PADDED_MAX = 1 << 26  # slots of the fixed-width GPU gather above which the exact-size one runs
+
+
 def _numba_gather():
     """The numba CSR row-gather kernel, or None when numba is missing."""
     try:
@@ -44,6 +47,9 @@ class CSRRows:
         self.indices = torch.from_numpy(X.indices).to(device)
         self.data = torch.from_numpy(X.data.astype(np.float32, copy=False)).to(device)
         self._gather = _numba_gather() if self.data.device.type == "cpu" else None
+        # longest row: the fixed width of the GPU gather (known here, so no step waits for it)
+        self.max_row_nnz = int(np.diff(X.indptr).max()) if X.shape[0] else 0
+        self._fixed_width = self.data.device.type != "cpu"
 
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
         return self.gather(idx)[0]
@@ -61,6 +67,8 @@ class CSRRows:
         starts = self.indptr[idx]
         lens = self.indptr[idx + 1] - starts
         out = torch.zeros(idx.shape[0], self.shape[1], dtype=torch.float32, device=self.data.device)
+        if self._fixed_width and idx.shape[0] * self.max_row_nnz <= _PADDED_MAX:
+            return self._gather_padded(starts, lens, out), None
         total = int(lens.sum())
         if total == 0:
             empty = torch.zeros(0, dtype=torch.int64, device=out.device)
@@ -75,6 +83,18 @@ class CSRRows:
         keep = vals > 0  # explicitly stored zeros are not non-zeros
         return out, (rows[keep], cols[keep].long())
 
+    def _gather_padded(self, starts: torch.Tensor, lens: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Every row read as ``max_row_nnz`` slots, the slots past its length adding 0: fixed
+        shapes, so the host never waits for the device (the exact-size gather needs the
+        batch's total non-zero count on the host)."""
+        if self.max_row_nnz == 0:
+            return out
+        k = torch.arange(self.max_row_nnz, device=out.device)
+        valid = k < lens.unsqueeze(1)
+        pos = torch.where(valid, starts.unsqueeze(1) + k, 0)
+        vals = torch.where(valid, self.data[pos], 0.0)
+        return out.scatter_add_(1, self.indices[pos].long(), vals)
+
 
 class TensorStore:
     """All registered tensors of one AnnData, indexable by a tensor of cell indices."""
@@ -82,6 +102,7 @@ class TensorStore:
     def __init__(self, adata, registry: dict, device: str | torch.device = "cpu", load_x: bool = True):
         self.n_obs = adata.n_obs
         self.device = torch.device(device)
+        self.index_device = self.device  # where the loader's cell indices go (stores reading on the host: cpu)
         self.tensors: dict[str, torch.Tensor] = {}
         for key, arr in obs_arrays(adata, registry).items():
             dtype = torch.int64 if arr.dtype.kind in "iu" else torch.float32
@@ -200,7 +221,8 @@ class BatchLoader:
         return self._n_batches(n)
 
     def __iter__(self):
-        idx = self._rank_indices()
+        # one host-to-device copy per epoch; the minibatches are slices of it
+        idx = self._rank_indices().to(getattr(self.store, "index_device", "cpu"))
         self.epoch += 1
         for b in range(self._n_batches(idx.shape[0])):
             yield self.store[idx[b * self.batch_size : (b + 1) * self.batch_size]]

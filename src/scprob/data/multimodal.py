@@ -183,7 +183,7 @@ class MultiModalLoader:
 
     def _stream(self, idx: torch.Tensor, g: torch.Generator):
         while True:
-            order = idx[torch.randperm(idx.numel(), generator=g)] if self.shuffle else idx
+            order = idx[torch.randperm(idx.numel(), generator=g).to(idx.device)] if self.shuffle else idx
             for s in range(0, order.numel(), self.batch_size):
                 chunk = order[s : s + self.batch_size]
                 if chunk.numel() >= min(self.drop_last_below, order.numel()):
@@ -192,7 +192,8 @@ class MultiModalLoader:
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + (self.epoch if self.shuffle else 0))
         self.epoch += 1
-        streams = {k: self._stream(v, g) for k, v in self.indices.items()}
+        # indices on each store's device: one copy per epoch, minibatches are slices of it
+        streams = {k: self._stream(v.to(self.stores[k].device), g) for k, v in self.indices.items()}
         for _ in range(self.n_steps):
             batch = {k: self.stores[k][next(s)] for k, s in streams.items()}
             if self.edge_sampler is not None:

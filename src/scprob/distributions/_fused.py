@@ -69,13 +69,19 @@ vectorised kernels and replaces everything at the non-zeros (``nonzero``, gather
 torch thread, with numba's thread count set to torch's) that branches on ``x > 0``; it
 needs no coordinates.
 
+The dense path (GPU) evaluates the non-zero formulas on every entry and keeps them where
+:math:`x > 0` (``torch.where``): more arithmetic, but fixed shapes and no ``nonzero``, so the
+host never waits for the device (a ``nonzero`` must read the count of non-zeros back).
+
 Backends
 --------
 ``SCPROB_LIKELIHOOD_BACKEND`` (or :func:`set_backend`) picks the path:
 
-* ``"auto"`` (default): numba on CPU tensors when numba imports, else the PyTorch Function;
-* ``"numba"``: numba on CPU tensors (an error when numba is missing), PyTorch elsewhere;
-* ``"torch"``: the fused Function with PyTorch ops only (the path CUDA tensors always take);
+* ``"auto"`` (default): numba on CPU tensors when numba imports, else the sparse PyTorch
+  Function; the dense PyTorch Function on other devices (GPU);
+* ``"numba"``: numba on CPU tensors (an error when numba is missing), as ``"auto"`` elsewhere;
+* ``"torch"``: the fused Function with PyTorch ops at the non-zero coordinates, any device;
+* ``"dense"``: the fused Function with PyTorch ops on every entry, any device;
 * ``"autograd"``: no fused Function; the element-wise reference composed of autograd ops.
 
 Inputs the fused Functions do not cover (``log_mu`` of another shape than ``x``, parameters
@@ -93,7 +99,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-BACKENDS = ("auto", "numba", "torch", "autograd")
+BACKENDS = ("auto", "numba", "torch", "dense", "autograd")
 _ENV = "SCPROB_LIKELIHOOD_BACKEND"
 _backend_override: str | None = None
 _numba_module: Any = None  # the kernels module once imported; False when numba is missing
@@ -256,6 +262,30 @@ def _nb_torch(
     return value, g_mu, g_theta, g_pi
 
 
+def _nb_dense(
+    x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None, want_grad: bool,
+) -> Result:
+    """As :func:`_nb_torch`, with the non-zero formulas evaluated on every entry and kept
+    where ``x > 0`` (fixed shapes: no ``nonzero``, no gathers; per-gene ``theta``
+    broadcasts)."""
+    d = _dense(log_mu, log_theta, zi_logits, want_grad)
+    theta, logits = d["theta"], d["logits"]
+    pos = x > 0
+    xt = x + theta
+    sm = torch.sigmoid(-logits)
+    nzv = torch.lgamma(xt) - torch.lgamma(theta) - torch.lgamma(x + 1.0) - x * F.softplus(-logits)
+    if zi_logits is not None:
+        nzv = nzv + d["a"] - d["z"]
+    value = d["value"] + torch.where(pos, nzv, 0.0).sum(-1)
+    if not want_grad:
+        return value, None, None, None
+    s = d["sig"]
+    g_mu = torch.where(pos, x * sm - theta * s, d["g_mu"])
+    g_theta = torch.where(pos, theta * (s - d["sp"] + torch.digamma(xt) - torch.digamma(theta)) - x * sm, d["g_theta"])
+    g_pi = None if zi_logits is None else torch.where(pos, -d["sig_pi"], d["g_pi"])
+    return value, g_mu, g_theta, g_pi
+
+
 # ------------------------------------------------------------------------- numba path
 def _as_2d(t: torch.Tensor, n_genes: int) -> tuple[torch.Tensor, int]:
     """(contiguous 2-D view, row stride 0 or 1) of a per-gene or full parameter."""
@@ -315,16 +345,14 @@ def _nb_numba(
 class NBLogProbRowSum(torch.autograd.Function):
     r"""``sum_g log NB(x_ng | mu_ng, theta_ng)`` (ZINB with ``zi_logits``) per cell, fused.
 
-    ``apply(x, log_mu, log_theta, zi_logits, rows, cols, use_numba)``; the gradients of
+    ``apply(x, log_mu, log_theta, zi_logits, rows, cols, mode)`` with ``mode`` one of
+    ``"numba"``, ``"sparse"`` (at ``rows, cols``) or ``"dense"``; the gradients of
     ``log_theta`` and ``zi_logits`` have their input shapes (per-gene parameters are summed
     over cells).  Math in the module docstring."""
 
     @staticmethod
-    def forward(ctx, x, log_mu, log_theta, zi_logits, rows, cols, use_numba):  # type: ignore[override]
-        if use_numba:
-            value, g_mu, g_theta, g_pi = _nb_numba(x, log_mu, log_theta, zi_logits, True)
-        else:
-            value, g_mu, g_theta, g_pi = _nb_torch(x, log_mu, log_theta, zi_logits, (rows, cols), True)
+    def forward(ctx, x, log_mu, log_theta, zi_logits, rows, cols, mode):  # type: ignore[override]
+        value, g_mu, g_theta, g_pi = _nb_path(x, log_mu, log_theta, zi_logits, (rows, cols), mode, True)
         ctx.save_for_backward(g_mu, g_theta, g_pi)
         ctx.theta_shape = log_theta.shape
         ctx.pi_shape = None if zi_logits is None else zi_logits.shape
@@ -343,11 +371,11 @@ class NBLogProbRowSum(torch.autograd.Function):
 
 class PoissonLogProbRowSum(torch.autograd.Function):
     r"""``sum_g [x log r - r - lgamma(x + 1)]`` per cell from the log-rate (``from_log``) or
-    the rate; gradient ``x - r`` or ``x / r - 1``."""
+    the rate; gradient ``x - r`` or ``x / r - 1``.  ``rows is None``: the dense path."""
 
     @staticmethod
     def forward(ctx, x, param, rows, cols, from_log):  # type: ignore[override]
-        value, grad = _poisson_torch(x, param, (rows, cols), from_log, True)
+        value, grad = _poisson_torch(x, param, None if rows is None else (rows, cols), from_log, True)
         ctx.save_for_backward(grad)
         return value
 
@@ -359,8 +387,18 @@ class PoissonLogProbRowSum(torch.autograd.Function):
 
 
 def _poisson_torch(
-    x: torch.Tensor, param: torch.Tensor, nz: NonZeros, from_log: bool, want_grad: bool,
+    x: torch.Tensor, param: torch.Tensor, nz: NonZeros | None, from_log: bool, want_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-cell sums and gradient at the non-zero coordinates ``nz``, or on every entry
+    (kept where ``x > 0``) when ``nz`` is None."""
+    if nz is None:
+        pos = x > 0
+        rate = param.exp() if from_log else param
+        x_log_r = x * param if from_log else torch.where(pos, x * torch.log(param), 0.0)
+        value = (x_log_r - rate - torch.lgamma(x + 1.0)).sum(-1)
+        if not want_grad:
+            return value, None
+        return value, (x - rate if from_log else torch.where(pos, x / param - 1.0, -1.0))
     rows, cols = nz
     xv = x[rows, cols]
     if from_log:
@@ -382,6 +420,26 @@ def _poisson_torch(
 
 
 # ------------------------------------------------------------------------ entry points
+def _mode(x: torch.Tensor, backend: str, numba_fits: bool) -> str:
+    """``"numba"``, ``"sparse"`` or ``"dense"`` for these inputs under ``backend``."""
+    if backend == "dense" or (backend != "torch" and x.device.type != "cpu"):
+        return "dense"
+    if backend in ("auto", "numba") and numba_fits:
+        if numba_available():
+            return "numba"
+        if backend == "numba":
+            raise ImportError("SCPROB_LIKELIHOOD_BACKEND='numba' but numba cannot be imported")
+    return "sparse"
+
+
+def _nb_path(x, log_mu, log_theta, zi_logits, nz: tuple, mode: str, want_grad: bool) -> Result:
+    if mode == "numba":
+        return _nb_numba(x, log_mu, log_theta, zi_logits, want_grad)
+    if mode == "dense":
+        return _nb_dense(x, log_mu, log_theta, zi_logits, want_grad)
+    return _nb_torch(x, log_mu, log_theta, zi_logits, nz, want_grad)
+
+
 def _grad_needed(*ts: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
@@ -394,21 +452,15 @@ def nb_rowsum(
     backend = get_backend()
     if backend == "autograd" or not _supported(x, log_mu, log_theta, zi_logits):
         return None
-    use_numba = False
-    if backend in ("auto", "numba") and _numba_ok(x, log_theta, zi_logits):
-        use_numba = numba_available()
-        if backend == "numba" and not use_numba:
-            raise ImportError("SCPROB_LIKELIHOOD_BACKEND='numba' but numba cannot be imported")
+    mode = _mode(x, backend, _numba_ok(x, log_theta, zi_logits))
     if x.dtype != log_mu.dtype:
         x = x.to(log_mu.dtype)
-    if not use_numba and nz is None:
+    if mode == "sparse" and nz is None:
         nz = nonzero_coords(x)
-    rows, cols = (None, None) if use_numba else nz
+    rows, cols = nz if mode == "sparse" else (None, None)
     if not _grad_needed(log_mu, log_theta, zi_logits):
-        if use_numba:
-            return _nb_numba(x, log_mu, log_theta, zi_logits, False)[0]
-        return _nb_torch(x, log_mu, log_theta, zi_logits, (rows, cols), False)[0]
-    return NBLogProbRowSum.apply(x, log_mu, log_theta, zi_logits, rows, cols, use_numba)
+        return _nb_path(x, log_mu, log_theta, zi_logits, (rows, cols), mode, False)[0]
+    return NBLogProbRowSum.apply(x, log_mu, log_theta, zi_logits, rows, cols, mode)
 
 
 def poisson_rowsum(
@@ -420,12 +472,16 @@ def poisson_rowsum(
     if (log_rate is None) == (rate is None):
         raise ValueError("Give exactly one of `log_rate` or `rate`.")
     param = log_rate if log_rate is not None else rate
-    if get_backend() == "autograd" or not _supported(x, param):
+    backend = get_backend()
+    if backend == "autograd" or not _supported(x, param):
         return None
     if x.dtype != param.dtype:
         x = x.to(param.dtype)
-    rows, cols = nz if nz is not None else nonzero_coords(x)
+    if _mode(x, backend, False) == "dense":
+        rows = cols = None
+    else:
+        rows, cols = nz if nz is not None else nonzero_coords(x)
     from_log = log_rate is not None
     if not _grad_needed(param):
-        return _poisson_torch(x, param, (rows, cols), from_log, False)[0]
+        return _poisson_torch(x, param, None if rows is None else (rows, cols), from_log, False)[0]
     return PoissonLogProbRowSum.apply(x, param, rows, cols, from_log)

@@ -16,7 +16,7 @@ class LogisticNormal:
     """Logistic-normal: a Normal in R^d pushed through softmax onto the simplex."""
 
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor):
-        self.base = Normal(loc, scale)
+        self.base = Normal(loc, scale, validate_args=False)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         return torch.softmax(self.base.rsample(sample_shape), dim=-1)

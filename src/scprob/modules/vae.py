@@ -237,7 +237,7 @@ class VAE(BaseModule):
 
     def _cached_inference(self, qzm, qzv, observed_lib_size, n_samples: int = 1) -> dict:
         """Inference from a stored posterior (minified mode): no encoder pass."""
-        qz = Normal(qzm, qzv.sqrt())
+        qz = Normal(qzm, qzv.sqrt(), validate_args=False)
         untran = qz.sample() if n_samples == 1 else qz.sample((n_samples,))
         z = self.z_encoder.z_transform(untran)
         library = torch.log(observed_lib_size)
@@ -289,8 +289,8 @@ class VAE(BaseModule):
         pl = None
         if not self.use_observed_lib_size:
             means, vars_ = self._local_library_params(batch_index.reshape(-1, 1)[: lead[-1]])
-            pl = Normal(means, vars_.sqrt())
-        pz = Normal(z.new_zeros(*lead, self.n_latent), z.new_ones(*lead, self.n_latent))
+            pl = Normal(means, vars_.sqrt(), validate_args=False)
+        pz = Normal(z.new_zeros(*lead, self.n_latent), z.new_ones(*lead, self.n_latent), validate_args=False)
         return dict(px=px, pl=pl, pz=pz, px_scale=px_scale, px_r=px_r, px_dropout=dropout, library=library)
 
     # --------------------------------------------------------------------- loss

@@ -49,7 +49,7 @@ class GraphEncoder(nn.Module):
 
     def forward(self) -> Normal:
         h = self.propagate()
-        return Normal(self.loc(h), F.softplus(self.std_lin(h)) + EPS)
+        return Normal(self.loc(h), F.softplus(self.std_lin(h)) + EPS, validate_args=False)
 
 
 class GraphDecoder(nn.Module):

@@ -84,7 +84,7 @@ class DataEncoder(nn.Module, abc.ABC):
     def forward(self, x: torch.Tensor, xrep: torch.Tensor | None = None) -> tuple[Normal, torch.Tensor | None]:
         h, l = self.inputs(x, xrep)
         h = self.net((h - self.in_mean) / self.in_std)
-        return Normal(self.loc(h), F.softplus(self.std_lin(h)) + EPS), l
+        return Normal(self.loc(h), F.softplus(self.std_lin(h)) + EPS, validate_args=False), l
 
 
 class NBDataEncoder(DataEncoder):

@@ -164,21 +164,19 @@ class TrainingPlan(pl.LightningModule):
             if not self._on_device_check() and not bool(torch.isfinite(lo.loss.detach()).all()):
                 self._raise_non_finite("training loss")
         acc = self._acc.get(split)
-        vals = torch.stack(
-            [
-                lo.reconstruction_loss_sum.detach(),
-                lo.kl_local_sum.detach(),
-                torch.as_tensor(lo.kl_global_sum, device=lo.loss.device).detach() * lo.n_obs_minibatch,
-                lo.loss.detach(),
-                torch.ones((), device=lo.loss.device),
-                torch.as_tensor(float(lo.n_obs_minibatch), device=lo.loss.device),
-            ]
-        )
+        n = lo.n_obs_minibatch
+        kl_g = lo.kl_global_sum
+        kl_g_dev = kl_g.detach() * n if isinstance(kl_g, torch.Tensor) else torch.zeros_like(lo.loss.detach())
+        # device sums stay on the device; what the host knows (step and cell counts, a float
+        # kl_global) stays on the host: no host-to-device copy, so no wait, per step
+        vals = torch.stack([lo.reconstruction_loss_sum.detach(), lo.kl_local_sum.detach(), kl_g_dev, lo.loss.detach()])
+        host = [0.0 if isinstance(kl_g, torch.Tensor) else float(kl_g) * float(n), 1.0, float(n)]
         extras = {k: torch.as_tensor(v).detach().float().sum() for k, v in lo.extra_metrics.items()}
         if acc is None:
-            self._acc[split] = {"core": vals, **extras}
+            self._acc[split] = {"core": vals, "host": host, **extras}
         else:
             acc["core"] = acc["core"] + vals
+            acc["host"] = [a + b for a, b in zip(acc["host"], host)]
             for k, v in extras.items():
                 acc[k] = acc[k] + v if k in acc else v
 
@@ -186,8 +184,11 @@ class TrainingPlan(pl.LightningModule):
         acc = self._acc.pop(split, None)
         if acc is None or self.trainer.sanity_checking:
             return
-        core = self.trainer.strategy.reduce(acc["core"], reduce_op="sum")
-        rec, kl_local, kl_global, loss_sum, n_steps, n_obs = core.tolist()
+        dev = acc["core"]
+        core = torch.cat([dev, torch.tensor(acc["host"], dtype=dev.dtype, device=dev.device)])
+        core = self.trainer.strategy.reduce(core, reduce_op="sum")
+        rec, kl_local, kl_g_dev, loss_sum, kl_g_host, n_steps, n_obs = core.tolist()
+        kl_global = kl_g_dev + kl_g_host
         metrics = {
             f"elbo_{split}": (rec + kl_local + kl_global) / n_obs,
             f"reconstruction_loss_{split}": rec / n_obs,
@@ -195,7 +196,7 @@ class TrainingPlan(pl.LightningModule):
             f"kl_global_{split}": kl_global / n_obs,
         }
         for k, v in acc.items():
-            if k != "core":
+            if k not in ("core", "host"):
                 metrics[f"{k}_{split}"] = float(self.trainer.strategy.reduce(v, reduce_op="sum")) / n_obs
         self._record_epoch(split, metrics, loss_sum / n_steps)
 
