@@ -212,7 +212,9 @@ def _dense(log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tenso
             w_a = torch.exp(a - z)  # dz/dA
             g_mu.mul_(w_a)
             g_theta.mul_(w_a)
-            d["g_pi"] = torch.exp(zi_logits - z).sub_(sig_pi)  # dz/dpi - sigmoid(pi)
+            # dz/dpi - sigmoid(pi), with dz/dpi = e^(pi - z) = 1 - e^(A - z) (z = logaddexp(pi, A)):
+            # no second exp (where e^(A - z) ~ 1 the difference is off by at most an ulp of 1)
+            d["g_pi"] = torch.rsub(w_a, 1.0).sub_(sig_pi)
             d["sig_pi"] = sig_pi
         d["g_mu"], d["g_theta"] = g_mu, g_theta
     return d
