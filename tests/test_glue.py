@@ -1046,3 +1046,21 @@ def test_gradient_clipping_reaches_both_glue_optimizers():
     glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
     glue.train(max_epochs=2, gradient_clip_val=1e-3, callbacks=[Norms()], **FIT)
     assert len(norms) > 4 and max(norms) <= 1e-3 * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("n_peaks, one_to_one", [(48, True), (144, False)])
+def test_matching_is_automatic_where_links_are_one_to_one(n_peaks, one_to_one):
+    """lam_match=None turns the matching term on only for modality pairs whose links pair
+    features nearly one to one (each peak <-> its own gene here, vs three peaks per gene);
+    a number applies it to every linked pair."""
+    rna, atac, edges = configured(n_peaks=n_peaks)
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    first = min(("rna", "atac"), key=glue.module.keys.index)
+    assert glue.module.one_to_one_pairs() == ([(first, "atac" if first == "rna" else "rna")] if one_to_one else [])
+    glue.train(max_epochs=2, early_stopping=False, balance=False, **FIT)
+    assert ("match_loss_train" in glue.history) is one_to_one
+    forced = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    forced.train(max_epochs=2, early_stopping=False, balance=False, lam_match=0.05, **FIT)
+    assert "match_loss_train" in forced.history
+    with pytest.raises(ValueError, match="lam_match"):
+        forced.train(max_epochs=1, lam_match=-0.1, **FIT)

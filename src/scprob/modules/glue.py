@@ -274,11 +274,30 @@ class GLUEModule(BaseModule):
         terms = [1.0 - (_unit_rows(c["act"]) * _unit_rows(c["pred"])).sum(1).mean() for c in cross.values()]
         return torch.stack(terms).mean() if terms else None
 
-    def match_loss(self, inference_outputs, cross: dict, eps: float = 0.05, n_iter: int = 50) -> torch.Tensor | None:
-        """Cross-modality matching (``match_loss`` in the module docstring) from :meth:`_cross`."""
+    def one_to_one_pairs(self, max_ratio: float = 1.5) -> list[tuple[str, str]]:
+        """Linked modality pairs ``(k, m)`` (``k`` first in :attr:`keys`) whose graph links map
+        features nearly one to one: at most ``max_ratio`` links per linked feature on the
+        side with fewer linked features (an antibody and the gene(s) encoding it, the same
+        gene in two assays), where each link pairs two measurements of one molecule; not
+        peaks summed onto genes (several peaks per gene, each a weak proxy)."""
+        out = []
+        for k, m in self.links:
+            if self.keys.index(k) > self.keys.index(m):
+                continue
+            a = getattr(self, f"link_{k}_{m}")  # linked features of m x features of k
+            n_links = int(a.values().numel())
+            n_k = int(torch.unique(a.col_indices()).numel())
+            if n_links and n_links <= max_ratio * min(a.shape[0], n_k):
+                out.append((k, m))
+        return out
+
+    def match_loss(self, inference_outputs, cross: dict, eps: float = 0.05, n_iter: int = 50,
+                   pairs: list[tuple[str, str]] | None = None) -> torch.Tensor | None:
+        """Cross-modality matching (``match_loss`` in the module docstring) from :meth:`_cross`,
+        over ``pairs`` (default: every linked pair)."""
         terms = []
         for (k, m), c in cross.items():
-            if self.keys.index(k) > self.keys.index(m) or c["own"] is None:
+            if self.keys.index(k) > self.keys.index(m) or c["own"] is None or (pairs is not None and (k, m) not in pairs):
                 continue
             with torch.no_grad():  # the plan is a constant
                 # own linked features of k's cells against m's, and each decoder's prediction
@@ -328,7 +347,8 @@ class GLUEModule(BaseModule):
         return dict(qv=qv, v=v, px=px, pg=pg)
 
     def loss(self, tensors, inference_outputs, generative_outputs, lam_data: float = 1.0, lam_kl: float = 1.0,
-             lam_graph: float = 0.02, lam_sup: float = 0.02, lam_link: float = 0.0, lam_match: float = 0.0, modality_weight: dict | None = None) -> LossOutput:
+             lam_graph: float = 0.02, lam_sup: float = 0.02, lam_link: float = 0.0, lam_match: float = 0.0,
+             match_pairs: list[tuple[str, str]] | None = None, modality_weight: dict | None = None) -> LossOutput:
         qu, px = inference_outputs["qu"], generative_outputs["px"]
         prior = Normal(0.0, 1.0)
         weights = {k: float((modality_weight or {}).get(k, 1.0)) for k in qu}
@@ -363,7 +383,7 @@ class GLUEModule(BaseModule):
             if ll is not None:
                 loss = loss + lam_link * ll
                 metrics["link_loss"] = ll.detach() * n_cells
-            ml = self.match_loss(inference_outputs, cross) if lam_match > 0 else None
+            ml = self.match_loss(inference_outputs, cross, pairs=match_pairs) if lam_match > 0 else None
             if ml is not None:
                 loss = loss + lam_match * ml
                 metrics["match_loss"] = ml.detach() * n_cells
