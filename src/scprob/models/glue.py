@@ -466,7 +466,9 @@ def _graph_for(registries: dict[str, dict], graph) -> tuple[pd.DataFrame, list[s
                             f"(features e.g. {r['features'][:3]}; graph vertices e.g. {sorted(nodes)[:3]}).")
         if missing:
             raise DataError(f"the graph lacks {len(missing)} of modality {k!r}'s {len(r['features'])} features "
-                            f"(e.g. {missing[:5]}); every feature used must be a vertex.")
+                            f"(e.g. {missing[:5]}); every feature used must be a vertex: add a row `feature,feature` "
+                            "(a self-loop) for features without links, or use fewer features "
+                            "(var['highly_variable'] with use_highly_variable=True).")
     vertices = list(dict.fromkeys(f for r in registries.values() for f in r["features"]))
     keep = set(vertices)
     edges = edges[edges["source"].isin(keep) & edges["target"].isin(keep)]
