@@ -51,3 +51,19 @@ def test_scvi_on_gpu_matches_cpu_values():
     z_gpu = m.get_latent_representation()
     m.to_device("cpu")
     np.testing.assert_allclose(m.get_latent_representation(), z_gpu, rtol=1e-4, atol=1e-4)
+
+
+def test_glue_step_does_not_wait_for_the_device():
+    from scprob.models import GLUE
+
+    from .test_glue import SMALL, configured
+
+    counts = {}
+    for n_cells in (64, 256):  # 1 vs 4 steps per epoch at batch 64
+        rna, atac, edges = configured(n_cells=n_cells)
+        glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+        counts[n_cells] = _syncs_while(lambda g=glue: g.train(max_epochs=3, balance=False, early_stopping=False, batch_size=64,
+                                                             train_size=1.0, accelerator="gpu", enable_progress_bar=False, seed=0))
+        z = glue.encode_data("rna", rna)
+        assert np.isfinite(z).all() and next(glue.module.parameters()).device.type == "cuda"
+    assert counts[256] - counts[64] < 3, counts  # 9 more steps, fewer than one wait per three

@@ -197,6 +197,10 @@ class MultiModalLoader:
         for _ in range(self.n_steps):
             batch = {k: self.stores[k][next(s)] for k, s in streams.items()}
             if self.edge_sampler is not None:
-                batch[GRAPH] = {k: v.to(next(iter(self.stores.values())).device)
-                                for k, v in self.edge_sampler.sample(self.edges_per_step, g).items()}
+                dev = next(iter(self.stores.values())).device
+                edges = self.edge_sampler.sample(self.edges_per_step, g)
+                if dev.type == "cuda":  # page-locked, asynchronous copy: the host does not wait for the GPU
+                    batch[GRAPH] = {k: v.pin_memory().to(dev, non_blocking=True) for k, v in edges.items()}
+                else:
+                    batch[GRAPH] = {k: v.to(dev) for k, v in edges.items()}
             yield batch

@@ -408,8 +408,13 @@ class GLUEModule(BaseModule):
         if pg is not None:
             target = tensors[GRAPH]["target"]
             bce = -pg.log_prob(target)
-            pos = target > 0.5
-            g_nll = (bce[pos].mean() + (bce[~pos].mean() if (~pos).any() else 0.0)) / (1 + int((~pos).any()))
+            # mean over positives + mean over negatives (when any), by masks: no boolean
+            # indexing, whose output size the host would have to wait for on a GPU
+            pos = (target > 0.5).to(bce.dtype)
+            neg = 1.0 - pos
+            n_neg = neg.sum()
+            g_nll = ((bce * pos).sum() / pos.sum().clamp_min(1.0) + (bce * neg).sum() / n_neg.clamp_min(1.0)) \
+                / (1.0 + (n_neg > 0).to(bce.dtype))
             g_kl = kl_divergence(generative_outputs["qv"], prior).sum(1).mean() / self.n_vertices
             g_elbo = g_nll + lam_kl * g_kl
             loss = loss + lam_graph * len(qu) * g_elbo
