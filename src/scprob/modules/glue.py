@@ -108,17 +108,21 @@ XREP = "xrep"  # a modality's precomputed representation (use_rep)
 DSC_WEIGHT = "dsc_weight"  # per-cell balancing weight of the discriminator loss
 
 
-def _standardize(a: torch.Tensor) -> torch.Tensor:
-    """Columns centred and scaled to unit variance over the rows (a constant column -> 0)."""
-    a = a - a.mean(0)
-    return a / (a.square().mean(0) + 1e-8).sqrt()
+def _unit_row_parts(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The stages of :func:`_unit_rows`: ``S`` (columns centred and scaled to unit variance
+    over the rows; a constant column -> 0), the column scales ``s``, ``r`` (rows of ``S``
+    centred) and the row norms ``rho`` of ``r``."""
+    d = a - a.mean(0)
+    s = (d.square().mean(0) + 1e-8).sqrt()
+    S = d / s
+    r = S - S.mean(1, keepdim=True)
+    return S, s, r, r.norm(dim=1, keepdim=True)
 
 
 def _unit_rows(a: torch.Tensor) -> torch.Tensor:
     """Columns standardized, then rows centred and scaled to unit norm."""
-    a = _standardize(a)
-    a = a - a.mean(1, keepdim=True)
-    return a / (a.norm(dim=1, keepdim=True) + 1e-8)
+    _, _, r, rho = _unit_row_parts(a)
+    return r / (rho + 1e-8)
 
 
 class _RowCorrLoss(torch.autograd.Function):
@@ -135,11 +139,7 @@ class _RowCorrLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        d = p - p.mean(0)
-        s = (d.square().mean(0) + 1e-8).sqrt()
-        S = d / s
-        r = S - S.mean(1, keepdim=True)
-        rho = r.norm(dim=1, keepdim=True)
+        S, s, r, rho = _unit_row_parts(p)
         ctx.save_for_backward(S, r, rho, s, t)
         return 1.0 - ((r * t).sum(1, keepdim=True) / (rho + 1e-8)).mean()
 
