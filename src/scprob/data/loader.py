@@ -132,8 +132,9 @@ class TensorStore:
         idx = idx.to(self.device)
         batch = {k: v[idx] for k, v in self.tensors.items()}
         if isinstance(self.x, CSRRows):
-            # the tensor gather (GPU, or no numba) yields the non-zero coordinates for free;
-            # the numba gather gives None (its likelihood kernel needs none)
+            # the exact-size tensor gather (no numba on the CPU) yields the non-zero coordinates
+            # for free; the numba and the GPU's fixed-width gathers give None (their
+            # likelihood paths need none)
             batch[Keys.X], nz = self.x.gather(idx, with_nz=True)
             if nz is not None:
                 batch[Keys.X_NZ_ROWS], batch[Keys.X_NZ_COLS] = nz

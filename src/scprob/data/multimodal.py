@@ -194,10 +194,10 @@ class MultiModalLoader:
         self.epoch += 1
         # indices on each store's device: one copy per epoch, minibatches are slices of it
         streams = {k: self._stream(v.to(self.stores[k].device), g) for k, v in self.indices.items()}
+        dev = next(iter(self.stores.values())).device
         for _ in range(self.n_steps):
             batch = {k: self.stores[k][next(s)] for k, s in streams.items()}
             if self.edge_sampler is not None:
-                dev = next(iter(self.stores.values())).device
                 edges = self.edge_sampler.sample(self.edges_per_step, g)
                 if dev.type == "cuda":  # page-locked, asynchronous copy: the host does not wait for the GPU
                     batch[GRAPH] = {k: v.pin_memory().to(dev, non_blocking=True) for k, v in edges.items()}
