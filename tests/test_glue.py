@@ -548,8 +548,17 @@ def test_link_loss_value_and_gradient_reach_only_the_encoder():
         x = batch[k]["X"]
         enc = mod.encoders[k]
         act = (enc.normalize(x, enc.compute_l(x)) @ getattr(mod, f"link_{k}_{m}").to_dense().t()).detach().numpy()
+        # the decoder's log mean up to a per-feature affine map and a per-cell constant,
+        # which the per-feature standardization removes / the correlation ignores
         px = mod.decoders[m](inf["u"][k], vm, torch.zeros(40, dtype=torch.long), torch.ones(40, 1))
-        pred = px.mean.log().detach().numpy()[:, getattr(mod, f"linkidx_{k}_{m}").numpy()]
+        idx = getattr(mod, f"linkidx_{k}_{m}").numpy()
+        log_mu = px.log_mean.detach().numpy()[:, idx]
+        lin = (inf["u"][k] @ vm.t()).detach().numpy()[:, idx]
+        scale = torch.nn.functional.softplus(mod.decoders[m].scale_lin["log_mu"][0]).detach().numpy()[idx]
+        bias = mod.decoders[m].bias["log_mu"][0].detach().numpy()[idx]
+        per_cell = log_mu - (scale * lin + bias)
+        np.testing.assert_allclose(per_cell, np.broadcast_to(per_cell[:, :1], per_cell.shape), rtol=1e-4, atol=1e-4)
+        pred = lin
         za, zp = [(a - a.mean(0)) / a.std(0) for a in (act, pred)]
         return 1.0 - np.mean([np.corrcoef(za[i], zp[i])[0, 1] for i in range(40)])
 
@@ -1066,21 +1075,21 @@ def test_matching_is_automatic_where_links_are_one_to_one(n_peaks, one_to_one):
         forced.train(max_epochs=1, lam_match=-0.1, **FIT)
 
 
-def test_row_correlation_loss_backward_matches_autograd():
-    """The link term's hand-written backward equals autograd through the plain composition
-    (columns standardized, rows centred and normed), and passes gradcheck; a constant
-    column and a constant row included."""
-    from scprob.modules.glue import _RowCorrLoss, _unit_rows
+def test_linear_row_correlation_loss_equals_the_explicit_composition():
+    """The link term computed through small matrix products equals the plain composition on
+    the cells x features prediction (columns standardized, rows centred and normed), value
+    and gradient, and passes gradcheck; a feature whose prediction is constant included."""
+    from scprob.modules.glue import _linear_row_corr_loss, _unit_rows
 
     gen = torch.Generator().manual_seed(0)
-    p = torch.randn(12, 9, generator=gen, dtype=torch.float64)
-    p[:, 3] = 2.0  # constant column
-    p = p.requires_grad_()
+    u = torch.randn(12, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 9, generator=gen, dtype=torch.float64)
+    w[:, 3] = 0.0  # constant column of u @ w
     t = _unit_rows(torch.randn(12, 9, generator=gen, dtype=torch.float64))
-    value = _RowCorrLoss.apply(p, t)
-    reference = 1.0 - (_unit_rows(p) * t).sum(1).mean()
+    value = _linear_row_corr_loss(u, w, t)
+    reference = 1.0 - (_unit_rows(u @ w) * t).sum(1).mean()
     torch.testing.assert_close(value, reference, rtol=1e-12, atol=1e-12)
-    (g,) = torch.autograd.grad(value, p)
-    (g_ref,) = torch.autograd.grad(reference, p)
+    (g,) = torch.autograd.grad(value, u)
+    (g_ref,) = torch.autograd.grad(reference, u)
     torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda q: _RowCorrLoss.apply(q, t), (p,))
+    assert torch.autograd.gradcheck(lambda q: _linear_row_corr_loss(q, w, t), (u,))
