@@ -1093,3 +1093,44 @@ def test_linear_row_correlation_loss_equals_the_explicit_composition():
     (g_ref,) = torch.autograd.grad(reference, u)
     torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)
     assert torch.autograd.gradcheck(lambda q: _linear_row_corr_loss(q, w, t), (u,))
+
+
+def test_private_dimensions_stay_out_of_the_shared_embedding(tmp_path):
+    """Each modality's private latent dimensions reach its own decoder (through loadings of
+    its own) and nothing else: the embedding, the discriminator and encode_data see the
+    shared dimensions only; private_dim=0 is GLUE's single shared space; models saved
+    before the option existed load with none."""
+    rna, atac, edges = configured()
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)  # default: 4 private dimensions
+    mod = glue.module
+    d = SMALL["latent_dim"]
+    assert mod.private_dim == 4 and mod.discriminator.net[0].in_features == d
+    for k, a in (("rna", rna), ("atac", atac)):
+        assert mod.encoders[k].loc.out_features == d + 4
+        assert tuple(mod.private[k].shape) == (mod.n_features[k], 4)
+        assert glue.encode_data(k, a).shape == (a.n_obs, d)
+    stores = glue._stores(glue.adatas, "cpu")
+    batch = {k: stores[k][torch.arange(30)] for k in stores}
+    mod.train()
+    inf, _, lo = mod(batch, loss_kwargs=dict(lam_link=0.2))
+    assert all(inf["u"][k].shape == (30, d) and inf["up"][k].shape == (30, 4) for k in inf["u"])
+    mod.zero_grad()
+    lo.loss.backward()
+    assert all(mod.private[k].grad is not None and mod.private[k].grad.abs().sum() > 0 for k in ("rna", "atac"))
+    # the discriminator's loss does not depend on the private part of the sample
+    mod.eval()  # no dropout: two calls comparable
+    dsc = mod.discriminator_loss(batch, inf)
+    moved = dict(inf, up={k: v + 5.0 for k, v in inf["up"].items()})
+    torch.testing.assert_close(mod.discriminator_loss(batch, moved), dsc)
+
+    shared_only = GLUE({"rna": rna, "atac": atac}, edges, **{**SMALL, "private_dim": 0})
+    assert len(shared_only.module.private) == 0 and shared_only.module.encoders["rna"].loc.out_features == d
+    with pytest.raises(ValueError, match="private_dim"):
+        GLUE({"rna": rna, "atac": atac}, edges, **{**SMALL, "private_dim": -1})
+
+    shared_only.save(tmp_path / "old")  # as written before the option: no private_dim saved
+    payload = torch.load(tmp_path / "old" / "model.pt", map_location="cpu", weights_only=True)
+    del payload["init_params"]["private_dim"]
+    torch.save(payload, tmp_path / "old" / "model.pt")
+    old = GLUE.load(tmp_path / "old", {"rna": fresh(rna), "atac": fresh(atac)})
+    assert old.module.private_dim == 0

@@ -9,13 +9,20 @@ Generative story
 * ``p(u) = N(0, I)`` for every cell, ``p(v) = N(0, I)`` for every vertex.
 * Graph: each edge ``i -> j`` with sign ``s_ij`` is observed with probability
   ``sigmoid(s_ij <v_i, v_j>)`` (:class:`~scprob.nn.graph.GraphDecoder`).
-* Data: ``x_k | u, v ~ p_k(x | u, v_{V_k}, b, l)``, the modality's prob model (NB, ZINB,
-  Normal, ZIN, ZILN, Bernoulli, Beta, NB mixture, ...: :mod:`scprob.nn.prob_models`),
-  whose parameters come from ``u v^T`` with batch-specific scale and bias rows.
+* ``p(h_k) = N(0, I)``: each modality's private latent (``private_dim`` dimensions, may be
+  0), with loadings ``r_k`` (features of ``k`` x ``private_dim``, prior ``N(0, I)`` per
+  feature, point estimates).
+* Data: ``x_k | u, h_k, v ~ p_k(x | u, h_k, v_{V_k}, b, l)``, the modality's prob model
+  (NB, ZINB, Normal, ZIN, ZILN, Bernoulli, Beta, NB mixture, ...:
+  :mod:`scprob.nn.prob_models`), whose parameters come from ``u v^T + h_k r_k^T`` with
+  batch-specific scale and bias rows.  Only ``u`` is shared (the embedding, aligned by the
+  discriminator, linked through the graph); ``h_k`` holds what only modality ``k`` shows,
+  which in a shared space alone the adversary would make the other modalities mirror on an
+  axis of their own, unpaired.
 
 Inference
 ---------
-* ``q(u | x_k)``: the modality's data encoder (one MLP per modality).
+* ``q(u, h_k | x_k)``: the modality's data encoder (one MLP per modality).
 * ``q(v | G)``: the graph encoder (learned vertex representations propagated over the
   signed, degree-normalized graph; :class:`~scprob.nn.graph.GraphEncoder`).
 
@@ -24,8 +31,9 @@ Objective
 Per modality, the negative ELBO per data entry (so that modalities with 500 or 50,000
 features weigh alike)::
 
-    x_elbo_k = - mean_{cells, features} log p_k(x | u, v)
-               + lam_kl * mean_cells KL(q(u|x) || p(u)) / |V_k|
+    x_elbo_k = - mean_{cells, features} log p_k(x | u, h_k, v)
+               + lam_kl * mean_cells KL(q(u, h_k|x) || p(u, h_k)) / |V_k|
+               + lam_kl * mean_features |r_k,f|^2 / 2 / |V_k|
 
 and for the graph, per edge, with positives ``E+`` (drawn by weight) and negatives
 ``E-`` (same source, degree-weighted targets that are not edges)::
@@ -209,10 +217,12 @@ class GLUEModule(BaseModule):
 
     def __init__(self, modalities: dict[str, dict], n_vertices: int, eidx: torch.Tensor, ewt: torch.Tensor,
                  esgn: torch.Tensor, latent_dim: int = 50, h_depth: int = 2, h_dim: int = 256, dropout: float = 0.2,
-                 n_labels: int = 0, n_dsc_batches: int = 0):
+                 n_labels: int = 0, n_dsc_batches: int = 0, private_dim: int = 0):
         super().__init__()
         self.keys = list(modalities)
         self.latent_dim = latent_dim
+        self.private_dim = int(private_dim)
+        self.private = nn.ParameterDict()
         self.n_edges = int(eidx.shape[1])
         self.n_vertices = int(n_vertices)
         self.encoders = nn.ModuleDict()
@@ -222,7 +232,9 @@ class GLUEModule(BaseModule):
         for k, m in modalities.items():
             spec = get_prob_model(m["prob_model"])
             in_features = m["rep_dim"] or m["n_features"]
-            self.encoders[k] = spec["encoder"](in_features, latent_dim, h_depth=h_depth, h_dim=h_dim, dropout=dropout)
+            self.encoders[k] = spec["encoder"](in_features, latent_dim + self.private_dim, h_depth=h_depth, h_dim=h_dim, dropout=dropout)
+            if self.private_dim:
+                self.private[k] = nn.Parameter(0.1 * torch.randn(int(m["n_features"]), self.private_dim))
             self.decoders[k] = spec["decoder"](m["n_features"], n_batches=max(1, m["n_batches"]))
             self.register_buffer(f"vidx_{k}", torch.as_tensor(m["vertices"], dtype=torch.long))
             vs = list(m["vertices"])
@@ -346,21 +358,29 @@ class GLUEModule(BaseModule):
                     xrep={k: tensors[k].get(XREP) for k in self.keys if k in tensors})
 
     def inference(self, x: dict, xrep: dict, n_samples: int = 1) -> dict:
-        qu, lib, u = {}, {}, {}
+        qu, lib, u, up = {}, {}, {}, {}
+        d = self.latent_dim
         for k, xk in x.items():
             qu[k], lib[k] = self.encoders[k](xk, xrep.get(k))
-            u[k] = qu[k].rsample()
-        return dict(qu=qu, u=u, l=lib)
+            full = qu[k].rsample()
+            u[k], up[k] = (full[:, :d], full[:, d:]) if self.private_dim else (full, None)
+        return dict(qu=qu, u=u, up=up, l=lib)
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs):
         return dict(u=inference_outputs["u"], l=inference_outputs["l"],
                     b={k: tensors[k][Keys.BATCH].reshape(-1) for k in inference_outputs["u"]},
-                    graph=tensors.get(GRAPH))
+                    graph=tensors.get(GRAPH), up=inference_outputs.get("up"))
 
-    def generative(self, u: dict, l: dict, b: dict, graph: dict | None = None) -> dict:
+    def generative(self, u: dict, l: dict, b: dict, graph: dict | None = None, up: dict | None = None) -> dict:
         qv = self.g2v()
         v = qv.rsample()
-        px = {k: self.decoders[k](u[k], self.feature_embeddings(v, k), b[k], l[k]) for k in u}
+        px = {}
+        for k in u:
+            vk = self.feature_embeddings(v, k)
+            if self.private_dim:
+                px[k] = self.decoders[k](torch.cat([u[k], up[k]], 1), torch.cat([vk, self.private[k]], 1), b[k], l[k])
+            else:
+                px[k] = self.decoders[k](u[k], vk, b[k], l[k])
         pg = self.v2g(v, graph["eidx"], graph["esgn"]) if graph is not None else None
         return dict(qv=qv, v=v, px=px, pg=pg)
 
@@ -380,6 +400,8 @@ class GLUEModule(BaseModule):
             klu = kl_divergence(qu[k], prior).sum(1)
             rec[k], kl[k] = nll, klu
             elbo_k = nll.mean() / self.n_features[k] + lam_kl * klu.mean() / self.n_features[k]
+            if self.private_dim:  # N(0, I) prior of the private loadings, per feature like v's
+                elbo_k = elbo_k + lam_kl * 0.5 * self.private[k].square().sum(1).mean() / self.n_features[k]
             x_elbo = x_elbo + weights[k] / total_w * elbo_k
             metrics[f"x_{k}_nll"] = nll.detach().sum() / self.n_features[k]
             metrics[f"x_{k}_kl"] = klu.detach().sum() / self.n_features[k]
