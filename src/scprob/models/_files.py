@@ -1,4 +1,5 @@
-"""Reading a saved model's ``model.pt`` safely: a truncated, corrupt or foreign file (another
+"""Saved-model files: folders written atomically (:func:`write_dir_atomic`), and a saved
+model's ``model.pt`` read safely: a truncated, corrupt or foreign file (another
 model class, a newer scprob, not a PyTorch file at all) gets a :class:`DataError` naming
 the file and the problem instead of a PyTorch traceback, before any model is built.
 A ``model.pt`` written by scvi-tools (``SCVI`` / ``LinearSCVI``) is converted on reading
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 import pickle
 import pickletools
+import shutil
+import tempfile
 import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -153,3 +156,35 @@ def load_weights(module: torch.nn.Module, state_dict, dir_path: str | os.PathLik
             f"{MODEL_FILE} in {Path(dir_path)}: the saved weights do not fit the model rebuilt from the file's own "
             f"settings ({detail}): the file is corrupt or was edited; {_FIX}."
         ) from None
+
+
+def write_dir_atomic(dir_path: str | os.PathLike, write, overwrite: bool = False) -> None:
+    """Call ``write(tmp)`` on a temporary folder next to ``dir_path`` and rename it into
+    place at the end, so ``dir_path`` is never half-written."""
+    target = Path(dir_path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            trash = target.with_name(f".{target.name}.old")
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(target, trash)
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("scprob", "torch", "lightning", "anndata"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 - version lookup is informative only
+            out[pkg] = "unknown"
+    return out

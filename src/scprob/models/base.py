@@ -4,10 +4,8 @@ save/load.  A model holds a module, a registry and (while training) a plan."""
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import warnings
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,8 @@ from ..train import TrainingPlan, history_frames, run_training
 from ..train.checkpoint import EpochCheckpoint, data_fingerprint, keeps_global_rng, read_checkpoint
 from ..train.plan import NonFiniteLossError
 from ..train.trainer import HistoryLogger
+from ._describe import _describe_registry, _describe_setup_args, _summary_stats
+from ._files import _versions, write_dir_atomic
 
 _FILE = "model.pt"
 
@@ -29,38 +29,6 @@ _FILE = "model.pt"
 def default_max_epochs(n_cells: int) -> int:
     """scvi-tools' rule: ~400 epochs for 20k cells or fewer, fewer for larger data."""
     return int(max(1, min(round((20_000 / max(n_cells, 1)) * 400), 400)))
-
-
-def write_dir_atomic(dir_path: str | os.PathLike, write, overwrite: bool = False) -> None:
-    """Call ``write(tmp)`` on a temporary folder next to ``dir_path`` and rename it into
-    place at the end, so ``dir_path`` is never half-written."""
-    target = Path(dir_path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        if target.exists():
-            trash = target.with_name(f".{target.name}.old")
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(target, trash)
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("scprob", "torch", "lightning", "anndata"):
-        try:
-            out[pkg] = version(pkg)
-        except Exception:  # noqa: BLE001 - version lookup is informative only
-            out[pkg] = "unknown"
-    return out
 
 
 def _append_history(old: dict[str, pd.DataFrame], new: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -564,38 +532,3 @@ def _read_saved(dir_path: str | os.PathLike, prefix: str | None, expected_class:
             return read_model_file(tmp, expected_class, required=required)
         except DataError as e:
             raise DataError(str(e).replace(f"{_FILE} in {tmp}", str(model_file)).replace(tmp, str(src))) from None
-
-
-def _describe_setup_args(reg: dict, model_name: str) -> str:
-    lines = [f"Setup arguments of {model_name}.setup_anndata:"]
-    lines += [f"  {k}: {v!r}" for k, v in reg["setup_args"].items()]
-    return "\n".join(lines)
-
-
-def _summary_stats(reg: dict) -> dict[str, int]:
-    """scvi-tools' ``summary_stats`` from a registry."""
-    args = reg["setup_args"]
-    return dict(n_cells=int(reg["n_obs"]), n_vars=int(reg["n_vars"]), n_batch=len(reg["batch_categories"]),
-                n_labels=len(reg["label_categories"]),
-                n_extra_categorical_covs=len(args.get("categorical_covariate_keys") or []),
-                n_extra_continuous_covs=len(args.get("continuous_covariate_keys") or []))
-
-
-def _describe_registry(reg: dict, model_name: str, hide_state_registries: bool = False) -> str:
-    args = reg["setup_args"]
-    where = reg.get("data_location") or (f"adata.layers[{args['layer']!r}]" if args.get("layer") else "adata.X")
-    stats = _summary_stats(reg)
-    lines = [_describe_setup_args(reg, model_name), "Summary:", f"  n_cells: {stats.pop('n_cells')}",
-             f"  n_vars: {stats.pop('n_vars')}", f"  counts: {where}", *(f"  {k}: {v}" for k, v in stats.items())]
-    if reg.get("minified"):
-        lines.append(f"  minified: {reg.get('minified_type', 'latent_posterior_parameters')} "
-                     f"(obsm keys {reg.get('minified_keys')})")
-    if not hide_state_registries:
-        lines.append("Categories (model order = codes 0, 1, ...):")
-        if args.get("batch_key"):
-            lines.append(f"  batch ({args['batch_key']}): {reg['batch_categories']}")
-        if args.get("labels_key"):
-            lines.append(f"  labels ({args['labels_key']}): {reg['label_categories']}")
-        for k, cats in (reg.get("categorical_covariate_categories") or {}).items():
-            lines.append(f"  {k}: {cats}")
-    return "\n".join(lines)

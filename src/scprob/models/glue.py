@@ -51,7 +51,7 @@ from ..train.checkpoint import (
     set_rng_state,
     write_atomic,
 )
-from .base import _versions, write_dir_atomic
+from ._files import _versions, write_dir_atomic
 
 log = logging.getLogger("scprob")
 _FILE = "model.pt"
