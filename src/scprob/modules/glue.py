@@ -120,21 +120,13 @@ XREP = "xrep"  # a modality's precomputed representation (use_rep)
 DSC_WEIGHT = "dsc_weight"  # per-cell balancing weight of the discriminator loss
 
 
-def _unit_row_parts(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The stages of :func:`_unit_rows`: ``S`` (columns centred and scaled to unit variance
-    over the rows; a constant column -> 0), the column scales ``s``, ``r`` (rows of ``S``
-    centred) and the row norms ``rho`` of ``r``."""
-    d = a - a.mean(0)
-    s = (d.square().mean(0) + 1e-8).sqrt()
-    S = d / s
-    r = S - S.mean(1, keepdim=True)
-    return S, s, r, r.norm(dim=1, keepdim=True)
-
-
 def _unit_rows(a: torch.Tensor) -> torch.Tensor:
-    """Columns standardized, then rows centred and scaled to unit norm."""
-    _, _, r, rho = _unit_row_parts(a)
-    return r / (rho + 1e-8)
+    """Columns centred and scaled to unit variance over the rows (a constant column -> 0),
+    then rows centred and scaled to unit norm."""
+    d = a - a.mean(0)
+    S = d / (d.square().mean(0) + 1e-8).sqrt()
+    r = S - S.mean(1, keepdim=True)
+    return r / (r.norm(dim=1, keepdim=True) + 1e-8)
 
 
 def _linear_row_corr_loss(u: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
