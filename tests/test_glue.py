@@ -572,6 +572,46 @@ def test_link_loss_value_and_gradient_reach_only_the_encoder():
     assert mod.g2v.vrepr.grad is None or mod.g2v.vrepr.grad.abs().sum() == 0
 
 
+def test_link_targets_use_whole_data_statistics_and_cache_to_the_same_values(monkeypatch):
+    import scprob.modules.glue as glue_module
+
+    rna, atac, edges = configured()
+    glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    mod = glue.module
+    stores = glue._stores(glue.adatas, "cpu")
+    cache = mod.fit_link_targets(stores, chunk=7)  # chunks that do not divide the cells
+    assert sorted(cache) == [("atac", "rna"), ("rna", "atac")]
+    idx = torch.arange(5, 45)
+    batch = {k: stores[k][idx] for k in stores}
+    for (k, m), table in cache.items():
+        x = stores[k][torch.arange(stores[k].n_obs)]["X"]
+        act = mod.link_activity(k, m, x, mod.encoders[k].compute_l(x)).double().numpy()
+        mean, sd = mod._link_stats[(k, m)]
+        np.testing.assert_allclose(mean.numpy(), act.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sd.numpy(), np.sqrt(act.var(0) + 1e-8), rtol=1e-5, atol=1e-6)
+        z = (act - act.mean(0)) / np.sqrt(act.var(0) + 1e-8)
+        r = z - z.mean(1, keepdims=True)
+        np.testing.assert_allclose(table.numpy(), r / (np.linalg.norm(r, axis=1, keepdims=True) + 1e-8), rtol=1e-4, atol=1e-5)
+        xb = batch[k]["X"]
+        np.testing.assert_allclose(table[idx].numpy(), mod.link_targets(k, m, xb, mod.encoders[k].compute_l(xb)).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    # the link loss reads the cached rows when the batch carries them, to the same value
+    mod.eval()
+    inf = mod.inference(x={k: b["X"] for k, b in batch.items()}, xrep={})
+    v = mod.g2v().loc
+    computed = mod.link_loss(mod._cross(batch, inf, v, with_own=False))
+    for (k, m), table in cache.items():
+        batch[k][glue_module.link_target_key(m)] = table[idx]
+    np.testing.assert_allclose(float(mod.link_loss(mod._cross(batch, inf, v, with_own=False))), float(computed), rtol=1e-6)
+    # over the size limit: no table, the same statistics
+    monkeypatch.setattr(glue_module, "LINK_CACHE_ELEMENTS", 10)
+    stats = {key: tuple(t.clone() for t in val) for key, val in mod._link_stats.items()}
+    assert all(t is None for t in mod.fit_link_targets(stores).values())
+    for key, (mean, sd) in mod._link_stats.items():
+        torch.testing.assert_close(mean, stats[key][0])
+        torch.testing.assert_close(sd, stats[key][1])
+
+
 def test_link_loss_off_is_the_original_objective():
     rna, atac, edges = configured()
     glue = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)

@@ -37,7 +37,7 @@ from ..data.multimodal import (
     get_glue_registry,
 )
 from ..data.validate import DataError
-from ..modules.glue import GLUEModule
+from ..modules.glue import GLUEModule, link_target_key
 from ..train import AdversarialTrainingPlan, NonFiniteLossError, RelativeEarlyStopping, history_frames, run_training
 from ..train.checkpoint import (
     CKPT,
@@ -289,6 +289,10 @@ class GLUE:
         stages = [("pretrain", burnin), ("fine-tune", 0)] if balance and len(self.adatas) > 1 else [("train", burnin)]
         if not self.is_trained_:
             self._standardize_inputs(stores, train_idx)
+        if lam_link > 0:  # the link term's targets depend on the data alone: once, not per step
+            for (k, m), target in self.module.fit_link_targets(stores).items():
+                if target is not None:
+                    stores[k].add(link_target_key(m), target)
         user_callbacks = list(trainer_kwargs.pop("callbacks", []))
         loaders = [train_loader, val_loader]
         extra = dict(model_class="GLUE", data=fingerprint, seed=seed, budget=budget,

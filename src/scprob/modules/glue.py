@@ -59,7 +59,10 @@ directly.  For modalities ``k != m`` with links ``A_km`` (``m``'s linked feature
     prediction p = u_k v_m^T                         (m's decoder at k's embeddings, on m's
                                                      linked features)
 
-Both are standardized per feature over the minibatch and each cell's rows are compared::
+Both are standardized per feature (``a`` with its mean and standard deviation over all
+of ``k``'s cells, fixed by :meth:`GLUEModule.fit_link_targets` before training, which
+also caches each cell's standardized rows where they fit in :data:`LINK_CACHE_ELEMENTS`;
+``p`` over the minibatch) and each cell's rows are compared::
 
     link_loss = mean_{(k, m) linked} mean_cells (1 - corr(a_cell, p_cell))
 
@@ -103,6 +106,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -115,9 +119,18 @@ from ..nn.graph import GraphDecoder, GraphEncoder
 from ..nn.prob_models import get_prob_model
 from .base import BaseModule, LossOutput
 
+if TYPE_CHECKING:
+    from ..data.loader import TensorStore
+
 GRAPH = "_graph"  # key of the edge minibatch in a multi-modality batch
 XREP = "xrep"  # a modality's precomputed representation (use_rep)
 DSC_WEIGHT = "dsc_weight"  # per-cell balancing weight of the discriminator loss
+LINK_CACHE_ELEMENTS = 1 << 26  # largest cells x linked features link-target table kept per modality pair
+
+
+def link_target_key(m: str) -> str:
+    """Store key of a modality's cached link targets towards modality ``m``."""
+    return f"link_t_{m}"
 
 
 def _unit_rows(a: torch.Tensor) -> torch.Tensor:
@@ -126,6 +139,14 @@ def _unit_rows(a: torch.Tensor) -> torch.Tensor:
     d = a - a.mean(0)
     S = d / (d.square().mean(0) + 1e-8).sqrt()
     r = S - S.mean(1, keepdim=True)
+    return r / (r.norm(dim=1, keepdim=True) + 1e-8)
+
+
+def _standardized_unit_rows(a: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+    """Columns standardized with the given statistics, then rows centred and scaled to unit
+    norm (:func:`_unit_rows` with the column statistics fixed in advance)."""
+    r = (a - mean) / sd
+    r = r - r.mean(1, keepdim=True)
     return r / (r.norm(dim=1, keepdim=True) + 1e-8)
 
 
@@ -234,6 +255,7 @@ class GLUEModule(BaseModule):
             self._vslice[k] = slice(vs[0], vs[0] + len(vs)) if vs == list(range(vs[0], vs[0] + len(vs))) else None
             self.n_features[k] = int(m["n_features"])
         self._build_links(modalities, self.n_vertices, eidx, ewt, esgn)
+        self._link_stats: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # fit_link_targets
         self.g2v = GraphEncoder(n_vertices, latent_dim, eidx, ewt, esgn)
         self.v2g = GraphDecoder()
         self.discriminator = Discriminator(latent_dim, len(self.keys), n_dsc_batches, h_depth, h_dim, dropout)
@@ -268,32 +290,84 @@ class GLUEModule(BaseModule):
                 self.register_buffer(f"linkidx_{k}_{m}", linked, persistent=False)
                 self.links.append((k, m))
 
+    def link_activity(self, k: str, m: str, x: torch.Tensor, l: torch.Tensor | None) -> torch.Tensor:
+        """``k``'s data mapped onto ``m``'s linked features: ``normalize_k(x) A_km^T`` (cells x
+        linked features of ``m``); ``l`` is the library size inference computes."""
+        return (getattr(self, f"link_{k}_{m}") @ self.encoders[k].normalize(x, l).t()).t()
+
+    def link_targets(self, k: str, m: str, x: torch.Tensor, l: torch.Tensor | None) -> torch.Tensor:
+        """The link term's targets: :meth:`link_activity` standardized per feature with the
+        statistics :meth:`fit_link_targets` fixed (over the minibatch before that), rows
+        centred and scaled to unit norm."""
+        act = self.link_activity(k, m, x, l)
+        stats = self._link_stats.get((k, m))
+        return _unit_rows(act) if stats is None else _standardized_unit_rows(act, *(t.to(act.device) for t in stats))
+
+    @torch.no_grad()
+    def fit_link_targets(self, data: dict[str, TensorStore], chunk: int = 4096) -> dict[tuple[str, str], torch.Tensor | None]:
+        """Per linked pair ``(k, m)``, fix the mean and standard deviation of
+        :meth:`link_activity` over all cells of ``k`` (``data[k]`` a store: ``data[k][idx]``
+        gives the tensors of cells ``idx``, ``data[k].n_obs`` their number) and return
+        every cell's :meth:`link_targets` where the table has at most
+        :data:`LINK_CACHE_ELEMENTS` entries (else ``None``: they are computed per
+        minibatch, to the same values).  The targets depend on the data alone, so
+        a training run computes them once instead of in every step."""
+        self._link_stats = {}
+        out: dict[tuple[str, str], torch.Tensor | None] = {}
+        for k, m in self.links:
+            if k not in data:
+                continue
+            store, n = data[k], int(data[k].n_obs)
+            idx = torch.arange(n)
+            acts, s1, s2 = [], 0.0, 0.0
+            keep = n * int(getattr(self, f"linkidx_{k}_{m}").numel()) <= LINK_CACHE_ELEMENTS
+            for start in range(0, n, chunk):
+                x = store[idx[start:start + chunk]][Keys.X]
+                act = self.link_activity(k, m, x, self.encoders[k].compute_l(x)).double()
+                s1, s2 = s1 + act.sum(0), s2 + act.square().sum(0)
+                if keep:
+                    acts.append(act)
+            mean = s1 / n
+            var = (s2 / n - mean.square()).clamp_min(0.0)
+            stats = (mean.float(), (var + 1e-8).sqrt().float())
+            self._link_stats[(k, m)] = stats
+            out[(k, m)] = _standardized_unit_rows(torch.cat(acts).float(), *stats) if keep else None
+        return out
+
     def _cross(self, tensors, inference_outputs, v: torch.Tensor,
                with_own: bool = True) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
-        """Per linked pair ``(k, m)`` with ``k`` in the minibatch: ``act`` = ``k``'s data
-        mapped onto ``m``'s linked features, ``own`` = ``m``'s own linked features (when
-        ``with_own`` and ``m``'s cells are present, else ``None``), ``u`` = ``k``'s embeddings
-        and ``w`` = ``m``'s linked feature embeddings (latent x linked features, held fixed so
-        that only ``k``'s encoder learns): the prediction is ``u @ w`` (module docstring)."""
+        """Per linked pair ``(k, m)`` with ``k`` in the minibatch: ``target`` = the link term's
+        targets (:meth:`link_targets`, from the store's cache under
+        :func:`link_target_key` when there is one), ``u`` = ``k``'s embeddings and ``w`` =
+        ``m``'s linked feature embeddings (latent x linked features, held fixed so that only
+        ``k``'s encoder learns): the prediction is ``u @ w`` (module docstring).  With
+        ``with_own`` also ``act`` = :meth:`link_activity` and ``own`` = ``m``'s own linked
+        features (``None`` when ``m``'s cells are absent), for the matching term."""
         out = {}
         for k, m in self.links:
             if k not in inference_outputs["u"] or k not in tensors or tensors[k][Keys.X].shape[0] < 3:
                 continue
             idx = getattr(self, f"linkidx_{k}_{m}")
+            x, lib = tensors[k][Keys.X], inference_outputs["l"][k]
             with torch.no_grad():  # the library size is the one inference computed
-                act = (getattr(self, f"link_{k}_{m}") @ self.encoders[k].normalize(tensors[k][Keys.X], inference_outputs["l"][k]).t()).t()
-                own = None
-                if with_own and m in inference_outputs["u"] and tensors[m][Keys.X].shape[0] >= 3:
-                    own = self.encoders[m].normalize(tensors[m][Keys.X], inference_outputs["l"][m]).index_select(1, idx)
-            w = self.feature_embeddings(v, m).detach().index_select(0, idx).t()
-            out[(k, m)] = dict(act=act, own=own, u=inference_outputs["u"][k], w=w)
+                c = dict(target=tensors[k].get(link_target_key(m)))
+                if c["target"] is None:
+                    c["target"] = self.link_targets(k, m, x, lib)
+                if with_own:
+                    c["act"] = self.link_activity(k, m, x, lib)
+                    c["own"] = None
+                    if m in inference_outputs["u"] and tensors[m][Keys.X].shape[0] >= 3:
+                        c["own"] = self.encoders[m].normalize(tensors[m][Keys.X], inference_outputs["l"][m]).index_select(1, idx)
+            c["u"] = inference_outputs["u"][k]
+            c["w"] = self.feature_embeddings(v, m).detach().index_select(0, idx).t()
+            out[(k, m)] = c
         return out
 
     @staticmethod
     def link_loss(cross: dict) -> torch.Tensor | None:
         """Linked-feature consistency (``link_loss`` in the module docstring) from
         :meth:`_cross`; ``None`` when no minibatch has cross-modality links."""
-        terms = [_linear_row_corr_loss(c["u"], c["w"], _unit_rows(c["act"])) for c in cross.values()]
+        terms = [_linear_row_corr_loss(c["u"], c["w"], c["target"]) for c in cross.values()]
         return torch.stack(terms).mean() if terms else None
 
     def one_to_one_pairs(self, max_ratio: float = 1.5) -> list[tuple[str, str]]:
@@ -319,14 +393,14 @@ class GLUEModule(BaseModule):
         over ``pairs`` (default: every linked pair)."""
         terms = []
         for (k, m), c in cross.items():
-            if self.keys.index(k) > self.keys.index(m) or c["own"] is None or (pairs is not None and (k, m) not in pairs):
+            if self.keys.index(k) > self.keys.index(m) or c.get("own") is None or (pairs is not None and (k, m) not in pairs):
                 continue
             with torch.no_grad():  # the plan is a constant
                 # own linked features of k's cells against m's, and each decoder's prediction
                 # at the other modality's cells against that modality's own data
                 cost = _corr_dist(c["act"], c["own"]) + _corr_dist(c["u"] @ c["w"], c["own"])
                 back = cross.get((m, k))
-                if back is not None and back["own"] is not None:
+                if back is not None and back.get("own") is not None:
                     cost = cost + _corr_dist(back["own"], back["u"] @ back["w"])
                 plan = _sinkhorn(cost, eps, n_iter)
             uk, um = inference_outputs["u"][k], inference_outputs["u"][m]
