@@ -133,21 +133,23 @@ def link_target_key(m: str) -> str:
     return f"link_t_{m}"
 
 
+def _centred_unit_norm_rows(S: torch.Tensor) -> torch.Tensor:
+    """Rows centred and scaled to unit norm."""
+    r = S - S.mean(1, keepdim=True)
+    return r / (r.norm(dim=1, keepdim=True) + 1e-8)
+
+
 def _unit_rows(a: torch.Tensor) -> torch.Tensor:
     """Columns centred and scaled to unit variance over the rows (a constant column -> 0),
     then rows centred and scaled to unit norm."""
     d = a - a.mean(0)
-    S = d / (d.square().mean(0) + 1e-8).sqrt()
-    r = S - S.mean(1, keepdim=True)
-    return r / (r.norm(dim=1, keepdim=True) + 1e-8)
+    return _centred_unit_norm_rows(d / (d.square().mean(0) + 1e-8).sqrt())
 
 
 def _standardized_unit_rows(a: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
     """Columns standardized with the given statistics, then rows centred and scaled to unit
     norm (:func:`_unit_rows` with the column statistics fixed in advance)."""
-    r = (a - mean) / sd
-    r = r - r.mean(1, keepdim=True)
-    return r / (r.norm(dim=1, keepdim=True) + 1e-8)
+    return _centred_unit_norm_rows((a - mean) / sd)
 
 
 def _linear_row_corr_loss(u: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -299,7 +301,9 @@ class GLUEModule(BaseModule):
         """The link term's targets: :meth:`link_activity` standardized per feature with the
         statistics :meth:`fit_link_targets` fixed (over the minibatch before that), rows
         centred and scaled to unit norm."""
-        act = self.link_activity(k, m, x, l)
+        return self._standardize_activity(k, m, self.link_activity(k, m, x, l))
+
+    def _standardize_activity(self, k: str, m: str, act: torch.Tensor) -> torch.Tensor:
         stats = self._link_stats.get((k, m))
         return _unit_rows(act) if stats is None else _standardized_unit_rows(act, *(t.to(act.device) for t in stats))
 
@@ -350,11 +354,11 @@ class GLUEModule(BaseModule):
             idx = getattr(self, f"linkidx_{k}_{m}")
             x, lib = tensors[k][Keys.X], inference_outputs["l"][k]
             with torch.no_grad():  # the library size is the one inference computed
-                c = dict(target=tensors[k].get(link_target_key(m)))
-                if c["target"] is None:
-                    c["target"] = self.link_targets(k, m, x, lib)
+                target = tensors[k].get(link_target_key(m))
+                act = self.link_activity(k, m, x, lib) if with_own or target is None else None
+                c = dict(target=self._standardize_activity(k, m, act) if target is None else target)
                 if with_own:
-                    c["act"] = self.link_activity(k, m, x, lib)
+                    c["act"] = act
                     c["own"] = None
                     if m in inference_outputs["u"] and tensors[m][Keys.X].shape[0] >= 3:
                         c["own"] = self.encoders[m].normalize(tensors[m][Keys.X], inference_outputs["l"][m]).index_select(1, idx)
