@@ -3,7 +3,12 @@ between likelihood backends so that machine drift cancels (no Lightning: the bar
 forward / backward / fused-Adam loop over the same minibatches).
 
     python benchmarks/step_ab.py ../shared/data/mouse_10k_1kgenes.h5ad --threads 2 \
-        --variants numba_parallel,numba_serial,torch --rounds 4
+        --variants numba_parallel,numba_split,numba_serial,torch --rounds 4
+
+Variants: ``numba_parallel`` (the default CPU path: float32 dense and non-zero parts in one
+numba kernel, rows over threads), ``numba_serial`` (the same on one thread), ``numba_split``
+(the dense part in PyTorch ops, the non-zero part in numba, as for float64), ``torch`` (the
+fused Function with PyTorch ops only).
 """
 
 import argparse
@@ -14,7 +19,7 @@ import numpy as np
 p = argparse.ArgumentParser()
 p.add_argument("path")
 p.add_argument("--threads", type=int, default=2)
-p.add_argument("--variants", default="numba_parallel,numba_serial,torch")
+p.add_argument("--variants", default="numba_parallel,numba_split,numba_serial,torch")
 p.add_argument("--rounds", type=int, default=4)
 args = p.parse_args()
 
@@ -41,7 +46,7 @@ module = model.module.train()
 opt = torch.optim.Adam([q for q in module.parameters() if q.requires_grad], lr=1e-3, eps=0.01, weight_decay=1e-6,
                        fused=True)
 kern = _fused._numba_kernels()
-parallel = kern.nz_rows_parallel if kern else None
+parallel = (kern.nz_rows_parallel, kern.rows_f32_parallel) if kern else None
 
 
 def use(name: str) -> None:
@@ -49,7 +54,10 @@ def use(name: str) -> None:
         if kern is None:
             raise SystemExit("numba is not installed")
         _fused.set_backend("numba")
-        kern.nz_rows_parallel = parallel if name == "numba_parallel" else kern.nz_rows_serial
+        _fused.F32_KERNEL = name != "numba_split"
+        serial = name == "numba_serial"
+        kern.nz_rows_parallel = kern.nz_rows_serial if serial else parallel[0]
+        kern.rows_f32_parallel = kern.rows_f32_serial if serial else parallel[1]
     elif name in ("torch", "autograd"):
         _fused.set_backend(name)
     else:

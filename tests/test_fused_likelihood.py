@@ -248,3 +248,47 @@ def test_cuda_matches_cpu(zinb):
     torch.testing.assert_close(v.cpu(), v_cpu, rtol=1e-5, atol=1e-4)
     for a, b in zip(g, g_cpu):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not _fused.numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "case",
+    [dict(lt_value=torch.log(torch.tensor(1e-4)).item()), dict(lt_value=torch.log(torch.tensor(1e6)).item()),
+     dict(lm_value=-30.0), dict(lm_value=30.0), dict(full_theta=True, pi_scale=60.0), dict(pi_scale=20.0)],
+    ids=["theta_1e-4", "theta_1e6", "mu_to_0", "mu_large", "full_theta_logits_60", "logits_20"],
+)
+@pytest.mark.parametrize("zinb", [False, True])
+def test_float32_kernel_extremes_as_accurate_as_torch_float32(threads, case, zinb):
+    """The float32 numba kernel (its own exp / log1p, dense and non-zero parts in one pass)
+    against the float64 reference, at the extremes, within what PyTorch's own float32 path
+    gets (plus a float32 ulp-scale allowance)."""
+    torch.set_num_threads(threads)
+    case = dict(case)
+    full_theta = case.pop("full_theta", False)
+    n, g = 7, 40
+    x64 = _counts(n, g, torch.float64, density=0.5)
+    lm, lt, pi = _params(n, g, torch.float64, full_theta, zinb, **case)
+    w = torch.linspace(-1.0, 2.0, n, dtype=torch.float64)
+    v_ref, g_ref = _value_and_grads(nb_log_prob_rowsum_reference, x64, lm, lt, pi, w)
+    errs = {}
+    for backend in ("torch", "numba"):
+        _fused.set_backend(backend)
+        p32 = [None if t is None else t.detach().float().requires_grad_() for t in (lm, lt, pi)]
+        v, grads = _value_and_grads(nb_log_prob_rowsum, x64.float(), *p32, w.float())
+        errs[backend] = [((a.double() - b).abs() / (b.abs() + 1.0)).max().item() for a, b in zip((v, *grads), (v_ref, *g_ref))]
+    for e_numba, e_torch in zip(errs["numba"], errs["torch"]):
+        assert e_numba <= 2 * e_torch + 2e-6, errs
+
+
+@pytest.mark.skipif(not _fused.numba_available(), reason="numba not installed")
+def test_float32_kernel_propagates_non_finite_inputs():
+    _fused.set_backend("numba")
+    x = _counts(4, 10, torch.float32)
+    lm, lt, pi = _params(4, 10, torch.float32, False, True)
+    lm = lm.detach().clone()
+    lm[0, 3] = float("nan")
+    lm[2, 5] = float("inf")
+    v = nb_log_prob_rowsum(x, lm, lt.detach(), pi.detach())
+    assert torch.isnan(v[0]) and not torch.isfinite(v[2])
+    assert torch.isfinite(v[[1, 3]]).all()

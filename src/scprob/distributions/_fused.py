@@ -63,11 +63,12 @@ Every term of :math:`N` (and the ZINB correction :math:`A - z`) vanishes at :mat
 coordinates ``nz = (rows, cols)`` (row-major, each non-zero once, as ``(x > 0).nonzero(
 as_tuple=True)`` or a CSR batch's ``indptr``/``indices`` give them) or computes them; with a
 per-gene :math:`\theta`, :math:`\log\Gamma(\theta)` and :math:`\psi(\theta)` are evaluated once per
-gene.  The numba path (CPU, when numba imports) keeps the dense zero-case terms in PyTorch's
-vectorised kernels and replaces everything at the non-zeros (``nonzero``, gathers, scatters,
-``lgamma``/``digamma``) by one numba loop over each row (parallel over rows at more than one
-torch thread, with numba's thread count set to torch's) that branches on ``x > 0``; it
-needs no coordinates.
+gene.  The numba path (CPU, when numba imports) replaces everything at the non-zeros
+(``nonzero``, gathers, scatters, ``lgamma``/``digamma``) by one numba loop over each row
+(parallel over rows at more than one torch thread, with numba's thread count set to torch's)
+that branches on ``x > 0``; it needs no coordinates.  For float32 (training) the dense
+zero-case terms run in the same kernel, one vectorised loop per row before the non-zero loop
+(:mod:`scprob.distributions._fused_numba`); for float64 they stay in PyTorch's kernels.
 
 The dense path (GPU) evaluates the non-zero formulas on every entry and keeps them where
 :math:`x > 0` (``torch.where``): more arithmetic, but fixed shapes and no ``nonzero``, so the
@@ -105,6 +106,9 @@ _backend_override: str | None = None
 _numba_module: Any = None  # the kernels module once imported; False when numba is missing
 
 NonZeros = tuple[torch.Tensor, torch.Tensor]
+# numba path, float32: the dense part in the kernel too (False: in PyTorch ops, as for float64;
+# kept for A/B measurements, benchmarks/step_ab.py's "numba_split")
+F32_KERNEL = True
 
 
 def set_backend(name: str | None) -> None:
@@ -312,6 +316,8 @@ def _nb_numba(
     kern = _numba_kernels()
     n_cells, n_genes = x.shape
     dtype = log_mu.dtype
+    if dtype == torch.float32 and F32_KERNEL:
+        return _nb_numba_f32(kern, x, log_mu, log_theta, zi_logits, want_grad)
     d = _dense(log_mu, log_theta, zi_logits, want_grad)
     theta, th_rs = _as_2d(d["theta"], n_genes)
     th_pre = th_rs == 0
@@ -341,6 +347,36 @@ def _nb_numba(
     if not want_grad:
         return value, None, None, None
     return value, d["g_mu"], d["g_theta"], d["g_pi"]
+
+
+def _nb_numba_f32(
+    kern: Any, x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None,
+    want_grad: bool,
+) -> Result:
+    """:func:`_nb_numba` for float32: the dense part too in the numba kernel, one pass per
+    row (``_fused_numba.rows_f32_*``); no cells x genes intermediate besides the gradients."""
+    n_cells, n_genes = x.shape
+    lt, th_rs = _as_2d(log_theta.detach(), n_genes)
+    theta = lt.exp()
+    th_pre = th_rs == 0
+    dummy = torch.empty((1, 1), dtype=torch.float32)
+    zinb = zi_logits is not None
+    pi, pi_rs = _as_2d(zi_logits.detach(), n_genes) if zinb else (dummy, 0)
+    value = torch.empty(n_cells, dtype=torch.float32)
+    grads = [torch.empty((n_cells, n_genes), dtype=torch.float32) if want_grad else dummy for _ in range(2)]
+    grads.append(torch.empty((n_cells, n_genes), dtype=torch.float32) if want_grad and zinb else dummy)
+    pre = [torch.lgamma(theta), torch.digamma(theta) if want_grad else dummy] if th_pre else [dummy, dummy]
+    threads = torch.get_num_threads()
+    if threads > 1 and n_cells > 1:
+        kern.set_threads(threads)
+        fn = kern.rows_f32_parallel
+    else:
+        fn = kern.rows_f32_serial
+    fn(x.detach().contiguous().numpy(), log_mu.detach().contiguous().numpy(), lt.numpy(), theta.numpy(), th_rs,
+       *(t.numpy() for t in pre), th_pre, pi.numpy(), pi_rs, zinb, want_grad, value.numpy(), *(g.numpy() for g in grads))
+    if not want_grad:
+        return value, None, None, None
+    return value, grads[0], grads[1], grads[2] if zinb else None
 
 
 # ------------------------------------------------------------------------ Functions

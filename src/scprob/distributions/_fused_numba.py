@@ -1,14 +1,25 @@
-"""numba kernel for the non-zero part of the fused NB / ZINB per-cell log-likelihood (CPU).
+"""numba kernels for the fused NB / ZINB per-cell log-likelihood (CPU).
 
 Imported lazily by :mod:`scprob.distributions._fused` (importing numba costs a few hundred
 milliseconds, compiling a kernel a few seconds the first time; ``cache=True`` keeps the
-machine code on disk).  The dense zero-case terms (one ``exp``/``log1p`` per entry) stay in
-PyTorch's vectorised kernels: this build of numba has no vectorised math library, so its
-scalar ``exp``/``log1p`` loops are slower than them.  What numba fuses is the ``x > 0`` part
-(math in :mod:`scprob.distributions._fused`), which PyTorch runs as a ``nonzero``, a dozen
-gathers and scatters and scalar ``lgamma``/``digamma`` kernels: here one loop over each row
-does the non-zero terms behind an ``x > 0`` branch, adds them to the row sums and
-overwrites the gradients at the non-zeros, with no coordinates needed.
+machine code on disk).  Math in :mod:`scprob.distributions._fused`.
+
+* ``rows_f32_*`` (float32, the training default): each row in one kernel, in two loops.
+  The dense zero-case loop (:func:`_dense_row`: softplus, sigmoid, logaddexp and their
+  gradients on every entry) writes the gradients and a few row-long scratch arrays; it
+  vectorises because its ``exp`` / ``log1p`` are written out here (:func:`_exp_neg`,
+  :func:`_log1p_unit`: range reduction and polynomials, no libm call; this build of numba
+  has no vectorised math library, and its scalar libm loops are ~5x slower than PyTorch's
+  vectorised kernels).  The non-zero loop (:func:`_nz_row`) then reads the scratch.  No
+  cells x genes intermediate but the gradients is written: in PyTorch ops the dense part
+  is ~15 kernels, each reading and writing the whole matrix.
+* ``nz_rows_*`` (float64, or float32 with ``_fused.F32_KERNEL`` off): the dense part stays
+  in PyTorch (libm accuracy for float64); the kernel does the ``x > 0`` part only.
+
+The ``x > 0`` part, which PyTorch runs as a ``nonzero``, a dozen gathers and scatters and
+scalar ``lgamma``/``digamma`` kernels, is one loop over each row behind an ``x > 0``
+branch: it adds the non-zero terms to the row sums and overwrites the gradients at the
+non-zeros, with no coordinates needed.
 
 Per non-zero the kernel avoids transcendental calls where exact identities allow:
 
@@ -20,7 +31,8 @@ Per non-zero the kernel avoids transcendental calls where exact identities allow
 * larger arguments: Stirling's series for ``log Gamma`` and the asymptotic series of
   ``psi`` share one ``log`` from 10 on; ``log x!`` from a table up to 4096.
 
-All arithmetic is in float64 whatever the input dtype; outputs keep the input dtype.
+The non-zero arithmetic is in float64 whatever the input dtype (the float32 dense loop in
+float32, as PyTorch's float32 kernels); outputs keep the input dtype.
 Division follows IEEE (``error_model="numpy"``): a dispersion that underflowed to 0 gives
 inf / NaN, which the training plan's non-finite check reports, never a ZeroDivisionError.  Rows
 are independent: ``nz_rows_parallel`` splits them over numba's threads (``prange``),
@@ -120,27 +132,26 @@ def _softplus_sigmoid(v: float) -> tuple[float, float, float, float]:
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb, want_grad,
+def _nz_row(x, logits, theta, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, zinb, want_grad,
             g_mu, g_theta, g_pi) -> float:
-    """The ``x > 0`` part of row ``n``: returns sum_{g: x>0} [N (+ A - z for ZINB)] and, with
-    ``want_grad``, overwrites the row's gradients at the non-zeros with the NB derivatives
-    (weight 1 on A, -sigmoid(pi) for the dropout logit).  ``th_rs``/``pi_rs`` are 0 for
-    per-gene (1, G) parameters, 1 for (N, G); ``th_pre`` says lgamma/digamma of theta are
+    """The ``x > 0`` part of one row (every argument but the flags a 1-D row: the row's
+    counts, logits, theta, the dense part's ``sig``/``sp``/``a``/``z``/``sigmoid(pi)``, the
+    gradient rows): returns sum_{g: x>0} [N (+ A - z for ZINB)] and, with ``want_grad``,
+    overwrites the gradients at the non-zeros with the NB derivatives (weight 1 on A,
+    -sigmoid(pi) for the dropout logit).  ``th_pre`` says lgamma/digamma of theta are
     precomputed per gene in ``lg_theta``/``dg_theta``."""
-    tr = n * th_rs
-    pr = n * pi_rs
     acc = 0.0
-    for g in range(x.shape[1]):
-        xv = np.float64(x[n, g])
+    for g in range(x.shape[0]):
+        xv = np.float64(x[g])
         if xv > 0.0:
-            t = np.float64(theta[tr, g])
-            lv = np.float64(logits[n, g])
+            t = np.float64(theta[g])
+            lv = np.float64(logits[g])
             if lv <= _DERIVE_BELOW:
                 # softplus(-l) = softplus(l) - l and sigmoid(-l) = 1 - sigmoid(l), from the
                 # dense part's arrays (``sig`` only with gradients): no exp / log1p here;
                 # above the cutoff the subtraction would cancel, so it is computed afresh
-                spm = np.float64(sp[n, g]) - lv
-                s = np.float64(sig[n, g]) if want_grad else 0.0
+                spm = np.float64(sp[g]) - lv
+                s = np.float64(sig[g]) if want_grad else 0.0
                 sm = 1.0 - s
             else:
                 _, spm, s, sm = _softplus_sigmoid(lv)
@@ -161,8 +172,8 @@ def _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, 
                 log_fact = _LOG_FACTORIAL[xi]
             else:
                 if th_pre:
-                    lgt = np.float64(lg_theta[tr, g])
-                    dgt = np.float64(dg_theta[tr, g])
+                    lgt = np.float64(lg_theta[g])
+                    dgt = np.float64(dg_theta[g])
                 else:
                     lgt, dgt = _lgamma_digamma(t, want_grad)
                 lgx, dgx = _lgamma_digamma(xt, want_grad)
@@ -171,14 +182,28 @@ def _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, 
                 log_fact = _LOG_FACTORIAL[xi] if xi == xv and xi <= _TABLE_COUNT else math.lgamma(xv + 1.0)
             corr = lg_diff - log_fact - xv * spm
             if zinb:
-                corr += np.float64(a[n, g]) - np.float64(z[n, g])
+                corr += np.float64(a[g]) - np.float64(z[g])
             acc += corr
             if want_grad:
-                g_mu[n, g] = xv * sm - t * s
-                g_theta[n, g] = t * (s - np.float64(sp[n, g]) + dg_diff) - xv * sm
+                g_mu[g] = xv * sm - t * s
+                g_theta[g] = t * (s - np.float64(sp[g]) + dg_diff) - xv * sm
                 if zinb:
-                    g_pi[n, g] = -sig_pi[pr, g]
+                    g_pi[g] = -sig_pi[g]
     return acc
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _nz_row_at(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb, want_grad,
+               g_mu, g_theta, g_pi) -> float:
+    """:func:`_nz_row` of row ``n`` of the (cells, genes) arrays; ``th_rs``/``pi_rs`` are 0
+    for per-gene (1, G) parameters, 1 for (N, G)."""
+    n = np.int64(n)  # prange's index can be unsigned: keep the row arithmetic in int64
+    tr = n * th_rs
+    gr = n if want_grad else 0
+    return _nz_row(x[n], logits[n], theta[tr], lg_theta[tr if th_pre else 0], dg_theta[tr if th_pre else 0], th_pre,
+                   sig[n if want_grad else 0], sp[n], a[n if zinb else 0], z[n if zinb else 0],
+                   sig_pi[n * pi_rs if zinb and want_grad else 0], zinb, want_grad,
+                   g_mu[gr], g_theta[gr], g_pi[gr if zinb else 0])
 
 
 @njit(cache=True, error_model="numpy")
@@ -186,8 +211,8 @@ def nz_rows_serial(x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp,
                    out, g_mu, g_theta, g_pi) -> None:
     """Add the non-zero part of each row to ``out`` (and fix the gradients) row after row."""
     for n in range(x.shape[0]):
-        out[n] += _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb,
-                          want_grad, g_mu, g_theta, g_pi)
+        out[n] += _nz_row_at(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb,
+                             want_grad, g_mu, g_theta, g_pi)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -195,8 +220,160 @@ def nz_rows_parallel(x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, s
                      want_grad, out, g_mu, g_theta, g_pi) -> None:
     """:func:`nz_rows_serial` with the rows split over numba's threads."""
     for n in prange(x.shape[0]):
-        out[n] += _nz_row(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb,
-                          want_grad, g_mu, g_theta, g_pi)
+        out[n] += _nz_row_at(n, x, logits, theta, th_rs, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, pi_rs, zinb,
+                             want_grad, g_mu, g_theta, g_pi)
+
+
+# ---------------------------------------------------------------- float32: one kernel
+# Flags for the vectorised dense loop: reassociation (the row sum), contraction (FMA) and
+# reciprocal division, but IEEE NaN / inf semantics (a non-finite input must stay
+# non-finite for the training plan's check).
+_FAST = {"reassoc", "contract", "arcp"}
+_POW2_NEG = np.array([2.0 ** -i for i in range(128)], dtype=np.float32)  # 2^-k, k = 0..127
+_F0, _F1, _F2 = np.float32(0.0), np.float32(1.0), np.float32(2.0)
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _exp_neg(v):
+    """``exp(v)`` for ``v <= 0`` in float32 without a libm call (so that loops over it
+    vectorise): ``v = k ln 2 + r``, ``|r| <= ln 2 / 2``, Cephes' ``expf`` polynomial for
+    ``e^r`` (relative error ~1e-7) times ``2^k`` from a table.  ``v`` below -87 gives
+    ``exp(-87)`` (~1.6e-38, i.e. 0 for every use here); NaN stays NaN."""
+    v = np.float32(-87.0) if v < np.float32(-87.0) else v
+    k = np.float32(math.floor(v * np.float32(1.4426950408889634) + np.float32(0.5)))
+    r = v - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + _F1
+    return p * _POW2_NEG[np.int64(-k) & 127]  # the mask only matters for NaN (any row is fine)
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _log1p_unit(e):
+    """``log(1 + e)`` for ``0 <= e <= 1`` in float32 without a libm call:
+    ``2 atanh(s)`` with ``s = e / (2 + e)`` (``e <= sqrt 2 - 1``) or ``ln 2 + 2 atanh(s)``
+    with ``s = (e - 1) / (e + 3)`` (above), so ``|s| <= 0.172`` and the odd series to
+    ``s^9`` is accurate to ~1e-9 relative; tiny ``e`` keep their relative accuracy."""
+    hi = e > np.float32(0.41421356)
+    s = (e - _F1) / (e + np.float32(3.0)) if hi else e / (_F2 + e)
+    s2 = s * s
+    q = np.float32(2.0 / 9.0)
+    q = q * s2 + np.float32(2.0 / 7.0)
+    q = q * s2 + np.float32(2.0 / 5.0)
+    q = q * s2 + np.float32(2.0 / 3.0)
+    q = q * s2 + _F2
+    return q * s + (np.float32(0.6931471805599453) if hi else _F0)
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _dense_row(log_mu, log_theta, theta, pi, zinb, want_grad, logits, sp, sig, a, z, sig_pi, g_mu, g_theta, g_pi, terms):
+    """The zero-case terms of one row (float32, every argument a 1-D row; ``pi`` unused
+    without ``zinb``), as :func:`scprob.distributions._fused._dense` computes them: fills
+    the row's ``logits``, ``softplus(l)``, ``sigmoid(l)``, ``A``, ``z``, ``sigmoid(pi)`` for
+    the non-zero part, the zero-case gradients and each entry's zero-case term in
+    ``terms`` (summed by :func:`_row_sum`, the same for every variant of this loop, so that
+    the value does not depend on ``want_grad``).
+    softplus / sigmoid / logaddexp share one exponential each:
+    ``softplus(v) = max(v, 0) + log1p(e)``, ``sigmoid(v) = 1/(1+e)`` or ``e/(1+e)`` with
+    ``e = exp(-|v|)``, ``logaddexp(pi, A) = max + log1p(exp(-|pi - A|))`` and
+    ``e^(A - z)`` is the sigmoid of ``A - pi``."""
+    for g in range(log_mu.shape[0]):
+        lv = log_mu[g] - log_theta[g]
+        t = theta[g]
+        e = _exp_neg(-abs(lv))
+        spv = (lv if lv > _F0 else _F0) + _log1p_unit(e)
+        inv = _F1 / (_F1 + e)
+        s = inv if lv >= _F0 else e * inv
+        av = -t * spv
+        logits[g] = lv
+        sp[g] = spv
+        sig[g] = s
+        a[g] = av
+        if zinb:
+            p = pi[g]
+            e2 = _exp_neg(-abs(p))
+            sp_pi = (p if p > _F0 else _F0) + _log1p_unit(e2)
+            e3 = _exp_neg(-abs(p - av))
+            zv = (p if p > av else av) + _log1p_unit(e3)
+            z[g] = zv
+            terms[g] = zv - sp_pi
+            if want_grad:
+                inv2 = _F1 / (_F1 + e2)
+                spi = inv2 if p >= _F0 else e2 * inv2
+                inv3 = _F1 / (_F1 + e3)
+                w_a = inv3 if av >= p else e3 * inv3  # e^(A - z) = dz/dA
+                sig_pi[g] = spi
+                g_mu[g] = -t * s * w_a
+                g_theta[g] = (av + t * s) * w_a
+                g_pi[g] = _F1 - w_a - spi  # dz/dpi - sigmoid(pi), dz/dpi = 1 - e^(A - z)
+        else:
+            terms[g] = av
+            if want_grad:
+                g_mu[g] = -t * s
+                g_theta[g] = av + t * s
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _row_sum(terms) -> float:
+    acc = _F0
+    for g in range(terms.shape[0]):
+        acc += terms[g]
+    return acc
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _row_f32(n, x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, pi, pi_rs, zinb, want_grad,
+             out, g_mu, g_theta, g_pi) -> None:
+    """Row ``n`` whole: the dense zero-case loop (:func:`_dense_row`) into row scratch, then
+    the non-zero loop (:func:`_nz_row`) reading it; nothing cells x genes but the
+    gradients is written."""
+    n = np.int64(n)
+    n_genes = x.shape[1]
+    tr = n * th_rs
+    pr = n * pi_rs
+    scratch = np.empty((7, n_genes), dtype=np.float32)  # logits, sp, sig, a, z, sigmoid(pi), terms
+    gr = n if want_grad else 0
+    gp = gr if zinb else 0
+    lm, lt, th, p = log_mu[n], log_theta[tr], theta[tr], pi[pr]
+    s0, s1, s2, s3, s4, s5 = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4], scratch[5]
+    gm, gt, gpi = g_mu[gr], g_theta[gr], g_pi[gp]
+    # literal flags, so that each variant of the loop compiles branch-free (and vectorises)
+    if zinb and want_grad:
+        _dense_row(lm, lt, th, p, True, True, s0, s1, s2, s3, s4, s5, gm, gt, gpi, scratch[6])
+    elif zinb:
+        _dense_row(lm, lt, th, p, True, False, s0, s1, s2, s3, s4, s5, gm, gt, gpi, scratch[6])
+    elif want_grad:
+        _dense_row(lm, lt, th, p, False, True, s0, s1, s2, s3, s4, s5, gm, gt, gpi, scratch[6])
+    else:
+        _dense_row(lm, lt, th, p, False, False, s0, s1, s2, s3, s4, s5, gm, gt, gpi, scratch[6])
+    dense = _row_sum(scratch[6])
+    nz = _nz_row(x[n], scratch[0], theta[tr], lg_theta[tr if th_pre else 0], dg_theta[tr if th_pre else 0], th_pre,
+                 scratch[2], scratch[1], scratch[3], scratch[4], scratch[5], zinb, want_grad, g_mu[gr], g_theta[gr], g_pi[gp])
+    out[n] = np.float64(dense) + nz
+
+
+@njit(cache=True, error_model="numpy")
+def rows_f32_serial(x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, pi, pi_rs, zinb, want_grad,
+                    out, g_mu, g_theta, g_pi) -> None:
+    """Per-cell NB / ZINB sums (``out``) and gradients of float32 inputs in one pass per row
+    (dense zero-case and non-zero parts), row after row.  ``th_rs``/``pi_rs``: 0 for
+    per-gene (1, G) parameters, 1 for (N, G); gradients unused without ``want_grad``."""
+    for n in range(x.shape[0]):
+        _row_f32(n, x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, pi, pi_rs, zinb, want_grad,
+                 out, g_mu, g_theta, g_pi)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def rows_f32_parallel(x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, pi, pi_rs, zinb, want_grad,
+                      out, g_mu, g_theta, g_pi) -> None:
+    """:func:`rows_f32_serial` with the rows split over numba's threads."""
+    for n in prange(x.shape[0]):
+        _row_f32(n, x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, pi, pi_rs, zinb, want_grad,
+                 out, g_mu, g_theta, g_pi)
 
 
 def set_threads(n: int) -> int:
