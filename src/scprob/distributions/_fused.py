@@ -307,6 +307,16 @@ def _numba_ok(x: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor 
     return x.device.type == "cpu"
 
 
+def _rows_kernel(kern: Any, name: str, n_cells: int) -> Any:
+    """``kern.<name>_parallel`` (numba's threads set to torch's count) when torch runs on more
+    than one thread and there is more than one row, else ``kern.<name>_serial``."""
+    threads = torch.get_num_threads()
+    if threads > 1 and n_cells > 1:
+        kern.set_threads(threads)
+        return getattr(kern, f"{name}_parallel")
+    return getattr(kern, f"{name}_serial")
+
+
 def _nb_numba(
     x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None, want_grad: bool,
 ) -> Result:
@@ -335,12 +345,7 @@ def _nb_numba(
     arrs = [t.detach().contiguous().numpy() for t in (x.to(dtype), d["logits"], theta)]
     pre = [t.detach().numpy() for t in (lg_theta, dg_theta)]
     mid = [t.detach().contiguous().numpy() for t in (sig, sp, a, z, sig_pi)]
-    threads = torch.get_num_threads()
-    if threads > 1 and n_cells > 1:
-        kern.set_threads(threads)
-        fn = kern.nz_rows_parallel
-    else:
-        fn = kern.nz_rows_serial
+    fn = _rows_kernel(kern, "nz_rows", n_cells)
     fn(*arrs, th_rs, *pre, th_pre, *mid, pi_rs, zinb, want_grad,
        value.detach().numpy(), g_mu.detach().numpy(), g_theta.detach().numpy(), g_pi.detach().numpy())
     if not want_grad:
@@ -365,12 +370,7 @@ def _nb_numba_f32(
     grads = [torch.empty((n_cells, n_genes), dtype=torch.float32) if want_grad else dummy for _ in range(2)]
     grads.append(torch.empty((n_cells, n_genes), dtype=torch.float32) if want_grad and zinb else dummy)
     pre = [torch.lgamma(theta), torch.digamma(theta) if want_grad else dummy] if th_pre else [dummy, dummy]
-    threads = torch.get_num_threads()
-    if threads > 1 and n_cells > 1:
-        kern.set_threads(threads)
-        fn = kern.rows_f32_parallel
-    else:
-        fn = kern.rows_f32_serial
+    fn = _rows_kernel(kern, "rows_f32", n_cells)
     fn(x.detach().contiguous().numpy(), log_mu.detach().contiguous().numpy(), lt.numpy(), theta.numpy(), th_rs,
        *(t.numpy() for t in pre), th_pre, pi.numpy(), pi_rs, zinb, want_grad, value.numpy(), *(g.numpy() for g in grads))
     if not want_grad:
