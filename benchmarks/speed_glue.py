@@ -10,7 +10,8 @@ pbmc_cite_2batch (RNA in X, 14 antibodies in obsm, treated as two unpaired files
 antibody linked to the gene(s) encoding it, batch = obs["batch"]).
 
 Each side runs alone in its own process with threads set before anything else:
-* scprob: the defaults of ``scprob integrate`` (``use_rep="auto"``: PCA/LSI encoder input
+* scprob: the defaults of ``scprob integrate`` (prob models ``--prob-models``: NB for counts,
+  NBMixture for the antibodies on pbmc; ``use_rep="auto"``: PCA/LSI encoder input
   chosen by ``scprob.data.reduce.add_representation``; ``GLUE(...).train()`` with its default
   schedule and early stopping), in this file's ``--worker`` mode;
 * scglue: ``benchmarks/_glue_worker.py`` (tutorial preprocessing, ``fit_SCGLUE`` with
@@ -38,6 +39,9 @@ p.add_argument("--peer-epochs", type=int, default=60)
 p.add_argument("--skip-peer", action="store_true")
 p.add_argument("--train-kwargs", default="{}", help="JSON of extra GLUE.train arguments for scprob's side")
 p.add_argument("--model-kwargs", default="{}", help="JSON of extra GLUE(...) arguments for scprob's side")
+p.add_argument("--prob-models", default=None,
+               help="scprob's prob models, one per modality (comma-separated); default NB,NB on synth and "
+                    "NB,NBMixture on pbmc (antibody counts: background + foreground NB)")
 p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 args = p.parse_args()
 
@@ -87,8 +91,11 @@ def scprob_worker(seed: int) -> dict:
         batch = "batch"
     scprob.settings.seed = seed
     t0 = time.perf_counter()
-    for m in mods.values():
-        GLUE.configure_dataset(m, "NB", use_batch=batch, use_rep="auto")
+    prob_models = (args.prob_models or ("NB,NB" if args.data == "synth" else "NB,NBMixture")).split(",")
+    if len(prob_models) != len(mods):
+        raise SystemExit(f"--prob-models needs {len(mods)} names, got {prob_models}")
+    for m, pm in zip(mods.values(), prob_models):
+        GLUE.configure_dataset(m, pm, use_batch=batch, use_rep="auto")
     prep = time.perf_counter() - t0
     model = GLUE(mods, edges, random_state=seed, **json.loads(args.model_kwargs))
     t0 = time.perf_counter()
@@ -123,7 +130,8 @@ print(f"GLUE on {args.data}, {args.threads} thread(s); peer epochs capped at {ar
 print(f"{'seed':>4} {'side':>7} {'fit_s':>8} {'FOSCTTM':>8} {'transfer':>8}  epochs")
 for seed in args.seeds:
     rows = [run([sys.executable, __file__, "--worker", "--data", args.data, "--threads", str(args.threads), "--seeds", str(seed),
-                 "--train-kwargs", args.train_kwargs, "--model-kwargs", args.model_kwargs])]
+                 "--train-kwargs", args.train_kwargs, "--model-kwargs", args.model_kwargs]
+                + (["--prob-models", args.prob_models] if args.prob_models else []))]
     if not args.skip_peer:
         peer = run([str(PEER), str(HERE / "_glue_worker.py"), "--data", args.data, "--threads", str(args.threads),
                     "--seed", str(seed), "--max-epochs-per-stage", str(args.peer_epochs), "--quiet"])
