@@ -675,6 +675,27 @@ def test_networkx_graph_equals_edge_table():
     assert (a["sign"].to_numpy() == b["sign"].to_numpy()).all()
 
 
+def test_one_way_edge_table_is_made_undirected():
+    """A link table that lists each link once (gene -> peak) gives the same graph as one with
+    both directions, so both modalities' link terms (and the matching) exist."""
+    rna, atac, edges = configured(n_cells=30)
+    half = edges.iloc[: len(edges) // 2]  # gene -> peak only
+    assert not half["source"].isin(atac.var_names).any()
+    one_way = GLUE({"rna": rna, "atac": atac}, half, **SMALL)
+    both = GLUE({"rna": rna, "atac": atac}, edges, **SMALL)
+    key = ["source", "target"]
+    a = one_way.edges.sort_values(key).reset_index(drop=True)
+    b = both.edges.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    assert set(one_way.module.links) == {("rna", "atac"), ("atac", "rna")}
+    # a reverse edge given explicitly keeps its own weight
+    w = half.assign(weight=0.5).iloc[:1].rename(columns={"source": "target", "target": "source"})
+    mixed = GLUE({"rna": rna, "atac": atac}, pd.concat([half.assign(weight=1.0), w]), **SMALL)
+    e = mixed.edges.set_index(key)["weight"]
+    assert e.loc[(w["source"].iat[0], w["target"].iat[0])] == 0.5
+    assert e.loc[(w["target"].iat[0], w["source"].iat[0])] == 1.0
+
+
 def test_single_modality_trains():
     rna, _, edges = configured(n_cells=60)
     glue = GLUE({"rna": rna}, edges, **SMALL)

@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prob-models", required=True, metavar="NB,NB[,...]",
                    help="one prob model per modality, comma-separated, in input order (e.g. NB,NB)")
     gr = g.add_mutually_exclusive_group(required=True)
-    gr.add_argument("--graph", metavar="EDGES.csv", help="guidance graph as an edge table: source,target[,weight,sign]")
+    gr.add_argument("--graph", metavar="EDGES.csv", help="guidance graph as an edge table: source,target[,weight,sign]; each link once "
+                         "is enough (the reverse edges and self-loops are added)")
     gr.add_argument("--gtf", metavar="GENES.gtf",
                     help="build the graph from a GTF: the first modality's genes (gene_name) linked to the other "
                          "modalities' overlapping peaks (names like chr1:100-600)")

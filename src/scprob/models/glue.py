@@ -111,9 +111,10 @@ class GLUE:
     graph
         Guidance graph over the features: a networkx graph (edge attributes ``weight``
         in (0, 1] and ``sign`` ±1; defaults 1) or an edge table with columns ``source,
-        target[, weight, sign]``.  Its vertices must cover every feature used.  Self-loops
-        are added where missing; features of two modalities with the same name are the
-        same vertex (one embedding).
+        target[, weight, sign]``.  Its vertices must cover every feature used.  The graph is
+        undirected: an edge given in one direction only is added in the other (same weight
+        and sign), and self-loops are added where missing; features of two modalities with
+        the same name are the same vertex (one embedding).
     latent_dim, h_depth, h_dim, dropout
         Embedding width and the encoders' / discriminator's MLPs.
     private_dim
@@ -488,6 +489,14 @@ def _graph_for(registries: dict[str, dict], graph) -> tuple[pd.DataFrame, list[s
     keep = set(vertices)
     edges = edges[edges["source"].isin(keep) & edges["target"].isin(keep)]
     edges = edges.groupby(["source", "target"], as_index=False, sort=False).agg(weight=("weight", "max"), sign=("sign", "first"))
+    # the guidance graph is undirected (scglue's builders write both directions): a link
+    # given one way only also runs the other way, with its weight and sign, so that both
+    # modalities' link terms and the matching see it
+    pairs = set(zip(edges["source"], edges["target"]))
+    one_way = edges[[(t, s_) not in pairs for s_, t in zip(edges["source"], edges["target"])]]
+    if len(one_way):
+        rev = one_way.rename(columns={"source": "target", "target": "source"})[["source", "target", "weight", "sign"]]
+        edges = pd.concat([edges, rev], ignore_index=True)
     has_loop = set(edges.loc[edges["source"] == edges["target"], "source"])
     loops = [v for v in vertices if v not in has_loop]
     if loops:
