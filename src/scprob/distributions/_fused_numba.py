@@ -249,7 +249,7 @@ def _exp_neg(v):
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     p = p * r * r + r + _F1
-    return p * _POW2_NEG[np.int64(-k) & 127]  # the mask only matters for NaN (any row is fine)
+    return p * _POW2_NEG[np.int64(-k) & 127]  # the mask only matters for NaN (any entry is fine)
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
@@ -350,10 +350,9 @@ def _row_f32(n, x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, 
         _dense_row(lm, lt, th, p, False, True, s0, s1, s2, s3, s4, s5, gm, gt, gpi, scratch[6])
     else:
         _dense_row(lm, lt, th, p, False, False, s0, s1, s2, s3, s4, s5, gm, gt, gpi, scratch[6])
-    dense = _row_sum(scratch[6])
-    nz = _nz_row(x[n], scratch[0], theta[tr], lg_theta[tr if th_pre else 0], dg_theta[tr if th_pre else 0], th_pre,
-                 scratch[2], scratch[1], scratch[3], scratch[4], scratch[5], zinb, want_grad, g_mu[gr], g_theta[gr], g_pi[gp])
-    out[n] = np.float64(dense) + nz
+    nz = _nz_row(x[n], s0, th, lg_theta[tr if th_pre else 0], dg_theta[tr if th_pre else 0], th_pre,
+                 s2, s1, s3, s4, s5, zinb, want_grad, gm, gt, gpi)
+    out[n] = np.float64(_row_sum(scratch[6])) + nz
 
 
 @njit(cache=True, error_model="numpy")
