@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from .optim import Adam
 from .plan import TrainingPlan, _can_fuse
 
 
@@ -83,5 +84,5 @@ class AdversarialTrainingPlan(TrainingPlan):
         if self.optimizer_name == "RMSprop":  # foreach: one call per step for all tensors (CPU too)
             return [torch.optim.RMSprop(vae, foreach=True, **kw), torch.optim.RMSprop(dsc, foreach=True, **kw)]
         if self.optimizer_name == "Adam":
-            return [torch.optim.Adam(vae, fused=_can_fuse(vae), **kw), torch.optim.Adam(dsc, fused=_can_fuse(dsc), **kw)]
+            return [Adam(vae, fused=_can_fuse(vae), **kw), Adam(dsc, fused=_can_fuse(dsc), **kw)]
         raise ValueError(f"optimizer must be 'RMSprop' or 'Adam', got {self.optimizer_name!r}")

@@ -27,6 +27,7 @@ import torch
 
 from ..data.keys import Keys
 from ..modules.base import LossOutput
+from .optim import Adam, AdamW
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -261,9 +262,9 @@ class TrainingPlan(pl.LightningModule):
         # (the default CPU path loops over tensors in Python)
         kw = dict(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=_can_fuse(params))
         if self.optimizer_name == "Adam":
-            opt = torch.optim.Adam(params, **kw)
+            opt = Adam(params, **kw)
         elif self.optimizer_name == "AdamW":
-            opt = torch.optim.AdamW(params, **kw)
+            opt = AdamW(params, **kw)
         else:
             raise ValueError(f"optimizer must be 'Adam' or 'AdamW', got {self.optimizer_name!r}")
         if not self.reduce_lr_on_plateau:
