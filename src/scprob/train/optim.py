@@ -22,7 +22,8 @@ through the parent's ``step``, unchanged.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
