@@ -104,3 +104,25 @@ def test_column_major_parameter_gives_the_same_update(ours, theirs):
     assert col.stride() == (1, 6)
     torch.testing.assert_close(col.detach(), row.detach(), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(opt_c.state[col]["exp_avg_sq"], opt_r.state[row]["exp_avg_sq"], rtol=1e-6, atol=1e-9)
+
+
+def test_direct_step_runs_under_lightning(monkeypatch):
+    """Lightning hands the optimizer a closure on every step: the direct path still runs."""
+    from scprob.models import SCVI
+    from scprob.train import optim
+
+    from .conftest import make_counts
+
+    calls = []
+    real = optim._DirectStep.__call__
+
+    def counting(self, opt):
+        done = real(self, opt)
+        calls.append(done)
+        return done
+
+    monkeypatch.setattr(optim._DirectStep, "__call__", counting)
+    adata = make_counts(60, 20)
+    SCVI.setup_anndata(adata)
+    SCVI(adata, n_hidden=8, n_latent=2).train(max_epochs=1, batch_size=30, train_size=1.0)
+    assert calls and all(calls)

@@ -16,8 +16,8 @@ vector, incremented with one kernel.  ``state_dict`` holds the usual per-paramet
 ``step`` / ``exp_avg`` / ``exp_avg_sq``, so either class loads the other's state.
 
 Any case the direct call does not cover (``fused=False``, ``amsgrad``, ``capturable``,
-``differentiable``, a tensor learning rate, mixed devices or dtypes, a closure) goes
-through the parent's ``step``, unchanged.
+``differentiable``, a tensor learning rate, mixed devices or dtypes) goes through the
+parent's ``step``, unchanged.
 """
 
 from __future__ import annotations
@@ -134,10 +134,14 @@ class Adam(torch.optim.Adam):
         self._direct = _DirectStep(decoupled=isinstance(self, torch.optim.AdamW))
 
     def step(self, closure: Callable | None = None):
-        if closure is None and self._direct(self):
-            return None
-        self._direct.clear()  # the parent may replace state tensors
-        return _parent_step(self._parent)(self, closure)
+        loss = None
+        if closure is not None:  # as torch's step: the closure first (Lightning always passes one)
+            with torch.enable_grad():
+                loss = closure()
+        if not self._direct(self):
+            self._direct.clear()  # the parent may replace state tensors
+            _parent_step(self._parent)(self, None)
+        return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._direct.clear()
