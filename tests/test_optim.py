@@ -126,3 +126,15 @@ def test_direct_step_runs_under_lightning(monkeypatch):
     SCVI.setup_anndata(adata)
     SCVI(adata, n_hidden=8, n_latent=2).train(max_epochs=1, batch_size=30, train_size=1.0)
     assert calls and all(calls)
+
+
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+def test_zero_grad(cls):
+    ps = _params()
+    opt = cls(ps, lr=0.1, fused=True)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.zero_grad(set_to_none=False)
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in ps)
+    opt.zero_grad()
+    assert all(p.grad is None for p in ps)

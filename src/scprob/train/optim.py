@@ -147,6 +147,15 @@ class Adam(torch.optim.Adam):
         self._direct.clear()
         self._parent.load_state_dict(self, state_dict)
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``set_to_none``: drop every gradient, without the parent's per-call profiler
+        record (~40 us a step on a CPU); otherwise the parent's zeroing."""
+        if not set_to_none:
+            return self._parent.zero_grad(self, set_to_none=False)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
     def add_param_group(self, param_group: dict) -> None:
         if hasattr(self, "_direct"):
             self._direct.clear()
@@ -157,5 +166,5 @@ class AdamW(torch.optim.AdamW):
     """``torch.optim.AdamW`` with the direct fused step (module doc); same arguments."""
 
     _parent = torch.optim.AdamW
-    __init__, step, load_state_dict, add_param_group = (
-        Adam.__init__, Adam.step, Adam.load_state_dict, Adam.add_param_group)
+    __init__, step, load_state_dict, add_param_group, zero_grad = (
+        Adam.__init__, Adam.step, Adam.load_state_dict, Adam.add_param_group, Adam.zero_grad)
