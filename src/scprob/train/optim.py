@@ -41,10 +41,11 @@ def _direct_ok(group: dict) -> bool:
 class _Lists:
     """The tensor lists of one parameter group for one set of parameters with gradients.
 
-    A 2-D parameter stored column-major (``p.t()`` contiguous, e.g. an encoder's first
-    layer read through :mod:`scprob.nn.csr_linear`) is updated through its transposed,
-    contiguous view, together with its gradient and moments: the update is elementwise,
-    and the fused kernel's strided path costs ~3x the contiguous one."""
+    A 2-D parameter stored column-major (``p.t()`` contiguous, e.g. a transposed weight a
+    user registered) is updated through its transposed, contiguous view, together with its
+    gradient and moments: the update is elementwise, and the fused kernel's strided path
+    costs ~1.7x the contiguous one (400 against 235 us for scVI's parameters with one such
+    weight)."""
 
     def __init__(self, opt: torch.optim.Optimizer, params: list[torch.Tensor]):
         self.key = tuple(id(p) for p in params)
