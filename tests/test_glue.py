@@ -1245,7 +1245,7 @@ def test_self_training_predicts_the_linked_features_better_than_the_links():
     stores = glue._stores(glue.adatas, "cpu")
     glue._standardize_inputs(stores, {k: np.arange(s.n_obs) for k, s in stores.items()})
     raw = mod.fit_link_targets(stores)
-    new = mod.self_train_link_targets(stores, raw, mod.one_to_one_pairs(), rounds=4)
+    new = mod.self_train_link_targets(stores, mod.one_to_one_pairs(), rounds=4)
     assert set(new) == {("rna", "prot"), ("prot", "rna")} == mod._self_trained
     t = stores["prot"][torch.arange(prot.n_obs)]
     own = mod.encoders["prot"].normalize(t["X"], mod.encoders["prot"].compute_l(t["X"]))

@@ -301,7 +301,7 @@ class GLUE:
             targets = self.module.fit_link_targets(stores)
             if lam_match > 0 and self_train_rounds > 0:
                 pairs = match_pairs if match_pairs is not None else self.module.links
-                targets.update(self.module.self_train_link_targets(stores, targets, pairs, rounds=int(self_train_rounds), seed=seed))
+                targets.update(self.module.self_train_link_targets(stores, pairs, rounds=int(self_train_rounds), seed=seed))
             for (k, m), target in targets.items():
                 if target is not None:
                     stores[k].add(link_target_key(m), target)

@@ -160,11 +160,16 @@ def _centred_unit_norm_rows(S: torch.Tensor) -> torch.Tensor:
     return r / (r.norm(dim=1, keepdim=True) + 1e-8)
 
 
-def _unit_rows(a: torch.Tensor) -> torch.Tensor:
-    """Columns centred and scaled to unit variance over the rows (a constant column -> 0),
-    then rows centred and scaled to unit norm."""
+def _standardize_columns(a: torch.Tensor) -> torch.Tensor:
+    """Columns centred and scaled to unit variance over the rows (a constant column -> 0)."""
     d = a - a.mean(0)
-    return _centred_unit_norm_rows(d / (d.square().mean(0) + 1e-8).sqrt())
+    return d / (d.square().mean(0) + 1e-8).sqrt()
+
+
+def _unit_rows(a: torch.Tensor) -> torch.Tensor:
+    """Columns standardized (:func:`_standardize_columns`), then rows centred and scaled to
+    unit norm."""
+    return _centred_unit_norm_rows(_standardize_columns(a))
 
 
 def _standardized_unit_rows(a: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
@@ -213,13 +218,11 @@ def _sinkhorn(cost: torch.Tensor, eps: float, n_iter: int) -> torch.Tensor:
 
 
 def _standardize_within(a: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Columns of ``a`` standardized within each group of rows (``groups``: one code per
-    row; a constant column -> 0)."""
+    """:func:`_standardize_columns` within each group of rows (``groups``: one code per row)."""
     out, groups = torch.empty_like(a), groups.reshape(-1)
     for g in torch.unique(groups):
         sel = groups == g
-        d = a[sel] - a[sel].mean(0)
-        out[sel] = d / (d.square().mean(0) + 1e-8).sqrt()
+        out[sel] = _standardize_columns(a[sel])
     return out
 
 
@@ -349,6 +352,16 @@ class GLUEModule(BaseModule):
         linked features of ``m``); ``l`` is the library size inference computes."""
         return (getattr(self, f"link_{k}_{m}") @ self.encoders[k].normalize(x, l).t()).t()
 
+    def own_linked(self, k: str, m: str, x: torch.Tensor, l: torch.Tensor | None) -> torch.Tensor:
+        """``m``'s own data on its features linked from ``k``: ``normalize_m(x)`` at those
+        features (cells of ``m`` x linked features); ``l`` as in :meth:`link_activity`."""
+        return self.encoders[m].normalize(x, l).index_select(1, getattr(self, f"linkidx_{k}_{m}"))
+
+    def _link_table_fits(self, k: str, m: str, n_cells: int) -> bool:
+        """Whether ``n_cells`` of ``k``'s cells' link targets towards ``m`` fit in
+        :data:`LINK_CACHE_ELEMENTS` (then training keeps them as a table)."""
+        return n_cells * int(getattr(self, f"linkidx_{k}_{m}").numel()) <= LINK_CACHE_ELEMENTS
+
     def link_targets(self, k: str, m: str, x: torch.Tensor, l: torch.Tensor | None) -> torch.Tensor:
         """The link term's targets: :meth:`link_activity` standardized per feature with the
         statistics :meth:`fit_link_targets` fixed (over the minibatch before that), rows
@@ -376,7 +389,7 @@ class GLUEModule(BaseModule):
             store, n = data[k], int(data[k].n_obs)
             idx = torch.arange(n)
             acts, s1, s2 = [], 0.0, 0.0
-            keep = n * int(getattr(self, f"linkidx_{k}_{m}").numel()) <= LINK_CACHE_ELEMENTS
+            keep = self._link_table_fits(k, m, n)
             for start in range(0, n, chunk):
                 x = store[idx[start:start + chunk]][Keys.X]
                 act = self.link_activity(k, m, x, self.encoders[k].compute_l(x)).double()
@@ -391,23 +404,26 @@ class GLUEModule(BaseModule):
         return out
 
     @torch.no_grad()
-    def self_train_link_targets(self, data: dict[str, TensorStore], targets: dict[tuple[str, str], torch.Tensor | None],
-                                pairs: list[tuple[str, str]], rounds: int = 8, rel_eps: float = 0.25,
-                                max_cells: int = SELF_TRAIN_CELLS, seed: int = 0) -> dict[tuple[str, str], torch.Tensor]:
+    def self_train_link_targets(self, data: dict[str, TensorStore], pairs: list[tuple[str, str]], rounds: int = 8,
+                                rel_eps: float = 0.25, max_cells: int = SELF_TRAIN_CELLS,
+                                seed: int = 0) -> dict[tuple[str, str], torch.Tensor]:
         """Self-trained link targets (``self_train`` in the module docstring) for both
-        directions of each pair in ``pairs`` whose :meth:`fit_link_targets` table is cached
-        (``targets``); returns the new tables, one unit row per cell of ``k``."""
+        directions of each pair in ``pairs`` whose link targets training keeps as a table
+        (:meth:`fit_link_targets`); returns the new tables, one unit row per cell of ``k``."""
+        self._self_trained = set()
+        if rounds < 1:
+            return {}
         gen = torch.Generator().manual_seed(seed)
         out: dict[tuple[str, str], torch.Tensor] = {}
-        for k, m in [] if rounds < 1 else dict.fromkeys(d for p in pairs for d in (p, tuple(p[::-1]))):
-            if targets.get((k, m)) is None or k not in data or m not in data:
+        for k, m in dict.fromkeys(d for p in pairs for d in (p, tuple(p[::-1]))):
+            if k not in data or m not in data or not self._link_table_fits(k, m, int(data[k].n_obs)):
                 continue
             tk = data[k][torch.arange(int(data[k].n_obs))]
             tm = data[m][torch.arange(int(data[m].n_obs))]
             enc_k, enc_m = self.encoders[k], self.encoders[m]
             r = enc_k.inputs(tk[Keys.X], tk.get(XREP))[0].double()  # natural scale: the ridge shrinks minor components
             act = self.link_activity(k, m, tk[Keys.X], enc_k.compute_l(tk[Keys.X])).double()
-            own = enc_m.normalize(tm[Keys.X], enc_m.compute_l(tm[Keys.X])).index_select(1, getattr(self, f"linkidx_{k}_{m}"))
+            own = self.own_linked(k, m, tm[Keys.X], enc_m.compute_l(tm[Keys.X]))
             a = _centred_unit_norm_rows(_standardize_within(act, tk[Keys.BATCH]))
             y = _centred_unit_norm_rows(_standardize_within(own.double(), tm[Keys.BATCH]))
             ik = torch.randperm(len(r), generator=gen)[:max_cells].to(r.device)
@@ -446,7 +462,7 @@ class GLUEModule(BaseModule):
                     c["act"] = act
                     c["own"] = None
                     if m in inference_outputs["u"] and tensors[m][Keys.X].shape[0] >= 3:
-                        c["own"] = self.encoders[m].normalize(tensors[m][Keys.X], inference_outputs["l"][m]).index_select(1, idx)
+                        c["own"] = self.own_linked(k, m, tensors[m][Keys.X], inference_outputs["l"][m])
             c["u"] = inference_outputs["u"][k]
             c["w"] = self.feature_embeddings(v, m).detach().index_select(0, idx).t()
             out[(k, m)] = c
