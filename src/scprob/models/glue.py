@@ -298,13 +298,13 @@ class GLUE:
         if not self.is_trained_:
             self._standardize_inputs(stores, train_idx)
         if lam_link > 0 or lam_match > 0:  # the link term's targets depend on the data alone: once, not per step
-            targets = self.module.fit_link_targets(stores)
+            tables = {(k, link_target_key(m)): t for (k, m), t in self.module.fit_link_targets(stores).items()
+                      if t is not None}
             if lam_match > 0 and self_train_rounds > 0:
                 pairs = match_pairs if match_pairs is not None else self.module.links
-                targets.update(self.module.self_train_link_targets(stores, pairs, rounds=int(self_train_rounds), seed=seed))
-            for (k, m), target in targets.items():
-                if target is not None:
-                    stores[k].add(link_target_key(m), target)
+                tables.update(self.module.self_train_link_targets(stores, pairs, rounds=int(self_train_rounds), seed=seed))
+            for (k, key), table in tables.items():
+                stores[k].add(key, table)
         user_callbacks = list(trainer_kwargs.pop("callbacks", []))
         loaders = [train_loader, val_loader]
         extra = dict(model_class="GLUE", data=fingerprint, seed=seed, budget=budget,
