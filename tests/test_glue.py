@@ -1065,13 +1065,13 @@ def test_nan_guard_stops_glue_with_finite_weights():
 
 
 def test_sinkhorn_plan_has_uniform_marginals_and_follows_the_cost():
-    from scprob.modules.glue import _sinkhorn
+    from scprob.nn.pairing import sinkhorn
 
     g = torch.Generator().manual_seed(0)
     cost = torch.rand(30, 20, generator=g, dtype=torch.float64) + 0.5
     perm = torch.randperm(20, generator=g)
     cost[torch.arange(20), perm] = 0.0  # a cheap match for the first 20 rows
-    plan = _sinkhorn(cost, 0.05, 200)
+    plan = sinkhorn(cost, 0.05, 200)
     np.testing.assert_allclose(plan.sum(1).numpy(), np.full(30, 1 / 30), rtol=1e-6)
     np.testing.assert_allclose(plan.sum(0).numpy(), np.full(20, 1 / 20), rtol=1e-3)
     assert (plan[:20].argmax(1) == perm).all()
@@ -1095,9 +1095,9 @@ def test_match_loss_pulls_linked_lookalikes_together():
     with torch.no_grad():  # the plan puts more mass on true partners than uniform would
         cross = mod._cross(batch, inf, mod.g2v().loc)
         k, m = ("atac", "rna") if mod.keys.index("atac") < mod.keys.index("rna") else ("rna", "atac")
-        from scprob.modules.glue import _corr_dist, _sinkhorn
+        from scprob.nn.pairing import corr_dist, sinkhorn
 
-        plan = _sinkhorn(_corr_dist(cross[(k, m)]["act"], cross[(k, m)]["own"]), 0.05, 50)
+        plan = sinkhorn(corr_dist(cross[(k, m)]["act"], cross[(k, m)]["own"]), 0.05, 50)
     assert float(plan.diagonal().sum()) > 3.0 / 60
 
 
@@ -1140,20 +1140,20 @@ def test_linear_row_correlation_loss_equals_the_explicit_composition():
     """The link term computed through small matrix products equals the plain composition on
     the cells x features prediction (columns standardized, rows centred and normed), value
     and gradient, and passes gradcheck; a feature whose prediction is constant included."""
-    from scprob.modules.glue import _linear_row_corr_loss, _unit_rows
+    from scprob.nn.pairing import linear_row_corr_loss, unit_rows
 
     gen = torch.Generator().manual_seed(0)
     u = torch.randn(12, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, 9, generator=gen, dtype=torch.float64)
     w[:, 3] = 0.0  # constant column of u @ w
-    t = _unit_rows(torch.randn(12, 9, generator=gen, dtype=torch.float64))
-    value = _linear_row_corr_loss(u, w, t)
-    reference = 1.0 - (_unit_rows(u @ w) * t).sum(1).mean()
+    t = unit_rows(torch.randn(12, 9, generator=gen, dtype=torch.float64))
+    value = linear_row_corr_loss(u, w, t)
+    reference = 1.0 - (unit_rows(u @ w) * t).sum(1).mean()
     torch.testing.assert_close(value, reference, rtol=1e-12, atol=1e-12)
     (g,) = torch.autograd.grad(value, u)
     (g_ref,) = torch.autograd.grad(reference, u)
     torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda q: _linear_row_corr_loss(q, w, t), (u,))
+    assert torch.autograd.gradcheck(lambda q: linear_row_corr_loss(q, w, t), (u,))
 
 
 def test_private_dimensions_stay_out_of_the_shared_embedding(tmp_path):
@@ -1236,7 +1236,7 @@ def test_self_training_predicts_the_linked_features_better_than_the_links():
     """On weakly linked modalities the self-trained targets (pseudo-pairs -> ridge from all
     of a modality's features, refined over rounds) rank each cell's true partner better than
     the raw link targets; training uses them as link targets and in the matching cost."""
-    from scprob.modules.glue import _centred_unit_norm_rows, _standardize_within
+    from scprob.nn.pairing import centred_unit_norm_rows, standardize_within
 
     rna, prot, edges = _weakly_linked_pair()
     glue = GLUE({"rna": rna, "prot": prot}, edges, **SMALL)
@@ -1251,7 +1251,7 @@ def test_self_training_predicts_the_linked_features_better_than_the_links():
     assert mod._self_trained == {("rna", "prot")}
     t = stores["prot"][torch.arange(prot.n_obs)]
     own = mod.encoders["prot"].normalize(t["X"], mod.encoders["prot"].compute_l(t["X"]))
-    y = _centred_unit_norm_rows(_standardize_within(own.double(), t["batch"] if "batch" in t else torch.zeros(len(own))))
+    y = centred_unit_norm_rows(standardize_within(own.double(), t["batch"] if "batch" in t else torch.zeros(len(own))))
     f_raw, f_new = _cost_foscttm(raw[("rna", "prot")], y), _cost_foscttm(new[("rna", "link_t_prot")], y)
     assert f_new < 0.85 * f_raw, (f_raw, f_new)  # 0.188 -> 0.130
     # the protein side's prediction of the RNA input ranks partners too
@@ -1269,12 +1269,12 @@ def test_self_training_predicts_the_linked_features_better_than_the_links():
 
 
 def test_ridge_gcv_is_the_ridge_of_the_gcv_penalty():
-    from scprob.modules.glue import _ridge_gcv
+    from scprob.nn.pairing import ridge_gcv
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(80, 6)) * np.array([5.0, 3.0, 1.0, 1.0, 0.3, 0.1])
     y = x[:, :2] @ rng.normal(size=(2, 3)) + 0.5 * rng.normal(size=(80, 3)) + 2.0
-    w, b = _ridge_gcv(torch.as_tensor(x), torch.as_tensor(y))
+    w, b = ridge_gcv(torch.as_tensor(x), torch.as_tensor(y))
     xc, yc = x - x.mean(0), y - y.mean(0)
     s = np.linalg.svd(xc, compute_uv=False)
     best = None
@@ -1288,19 +1288,19 @@ def test_ridge_gcv_is_the_ridge_of_the_gcv_penalty():
     np.testing.assert_allclose(b.numpy(), y.mean(0) - x.mean(0) @ best[1], rtol=1e-6, atol=1e-8)
     # pure noise: shrunk far below least squares
     noise = torch.as_tensor(rng.normal(size=(80, 3)))
-    w0, _ = _ridge_gcv(torch.as_tensor(x), noise)
+    w0, _ = ridge_gcv(torch.as_tensor(x), noise)
     ols = np.linalg.lstsq(xc, noise.numpy() - noise.numpy().mean(0), rcond=None)[0]
     assert float(w0.norm()) < 0.5 * np.linalg.norm(ols)
 
 
 def test_standardize_within_groups():
-    from scprob.modules.glue import _standardize_within
+    from scprob.nn.pairing import standardize_within
 
     rng = np.random.default_rng(1)
     a = torch.as_tensor(rng.normal(size=(50, 4)) * 3 + 1)
     g = torch.as_tensor(rng.integers(0, 3, 50))
     a[g == 1] += 10.0
-    out = _standardize_within(a, g)
+    out = standardize_within(a, g)
     for v in range(3):
         sel = out[g == v]
         torch.testing.assert_close(sel.mean(0), torch.zeros(4, dtype=sel.dtype), atol=1e-10, rtol=0)

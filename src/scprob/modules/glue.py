@@ -71,7 +71,7 @@ also caches each cell's standardized rows where they fit in :data:`LINK_CACHE_EL
 cancel in the standardization, and the per-cell normalizer of count models (log library
 size, log-softmax) is one number per cell, not a pattern across features; so ``p`` does not
 depend on the family, and the term never forms the decoder's cells x features output
-(:func:`_linear_row_corr_loss`).  Only ``k``'s encoder learns from it (``v`` is held
+(:func:`scprob.nn.pairing.linear_row_corr_loss`).  Only ``k``'s encoder learns from it (``v`` is held
 fixed): it places each cell where the other modality's decoder predicts what the cell's
 own linked features show, which adversarial alignment alone does not (on small data, a
 discriminator matches the two distributions but not the pairing within them).
@@ -131,7 +131,6 @@ The discriminator minimizes ``lam_align * dsc_loss``; the encoders and decoders 
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import TYPE_CHECKING
 
@@ -143,6 +142,17 @@ from torch.distributions import Normal, kl_divergence
 from ..data.keys import Keys
 from ..nn.fc import Dropout
 from ..nn.graph import GraphDecoder, GraphEncoder
+from ..nn.pairing import (
+    centred_unit_norm_rows,
+    corr_dist,
+    linear_row_corr_loss,
+    ridge_gcv,
+    sinkhorn,
+    standardize_within,
+    standardized_unit_rows,
+    unit_norm_rows,
+    unit_rows,
+)
 from ..nn.prob_models import get_prob_model
 from .base import BaseModule, LossOutput
 
@@ -165,101 +175,6 @@ def match_input_key(m: str) -> str:
     """Store key of a modality's input table in the matching cost towards modality ``m``
     (:meth:`GLUEModule.self_train_link_targets`)."""
     return f"match_in_{m}"
-
-
-def _unit_norm_rows(S: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit norm."""
-    return S / (S.norm(dim=1, keepdim=True) + 1e-8)
-
-
-def _centred_unit_norm_rows(S: torch.Tensor) -> torch.Tensor:
-    """Rows centred and scaled to unit norm."""
-    return _unit_norm_rows(S - S.mean(1, keepdim=True))
-
-
-def _standardize_columns(a: torch.Tensor) -> torch.Tensor:
-    """Columns centred and scaled to unit variance over the rows (a constant column -> 0)."""
-    d = a - a.mean(0)
-    return d / (d.square().mean(0) + 1e-8).sqrt()
-
-
-def _unit_rows(a: torch.Tensor) -> torch.Tensor:
-    """Columns standardized (:func:`_standardize_columns`), then rows centred and scaled to
-    unit norm."""
-    return _centred_unit_norm_rows(_standardize_columns(a))
-
-
-def _standardized_unit_rows(a: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
-    """Columns standardized with the given statistics, then rows centred and scaled to unit
-    norm (:func:`_unit_rows` with the column statistics fixed in advance)."""
-    return _centred_unit_norm_rows((a - mean) / sd)
-
-
-def _linear_row_corr_loss(u: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    r"""``mean_i (1 - <unit_rows(u @ w)_i, t_i>)`` for constant ``w`` (latent x features) and
-    ``t`` (unit rows), without forming the cells x features prediction.  With ``u_c = u -
-    colmean(u)``, ``Sigma = u_c^T u_c / n``, column scales ``s_j = (w_j^T Sigma w_j +
-    1e-8)^(1/2)`` and ``M = w / s - rowmean(w / s)`` (latent x features), the prediction's
-    standardized, row-centred rows are ``r = u_c M``, so::
-
-        <r_i, t_i> = u_c,i . (t M^T)_i,     |r_i| = (u_c,i (M M^T) u_c,i^T)^(1/2)
-
-    three small matrix products instead of ~20 passes over cells x features (and autograd
-    handles the backward, ``s`` depending on ``u`` included)."""
-    uc = u - u.mean(0)
-    cov = uc.t() @ uc / u.shape[0]
-    ws = w / ((w * (cov @ w)).sum(0) + 1e-8).sqrt()
-    m = ws - ws.mean(1, keepdim=True)
-    rho = ((uc @ (m @ m.t())) * uc).sum(1).clamp_min(1e-30).sqrt()
-    dot = ((t @ m.t()) * uc).sum(1)
-    return 1.0 - (dot / (rho + 1e-8)).mean()
-
-
-def _corr_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1 - correlation of every row of ``a`` with every row of ``b`` (columns standardized
-    within each matrix first): a rows(a) x rows(b) cost in [0, 2]."""
-    return 1.0 - _unit_rows(a) @ _unit_rows(b).t()
-
-
-def _sinkhorn(cost: torch.Tensor, eps: float | torch.Tensor, n_iter: int) -> torch.Tensor:
-    """Entropic optimal transport plan between uniform marginals (log-domain Sinkhorn):
-    ``argmin_P <P, C> - eps H(P)`` with rows summing to 1/n and columns to 1/m."""
-    n, m = cost.shape
-    logk = -cost / eps
-    f = cost.new_zeros(n)
-    g = cost.new_zeros(m)
-    for _ in range(n_iter):
-        f = -torch.logsumexp(logk + g, dim=1) - math.log(n)
-        g = -torch.logsumexp(logk + f[:, None], dim=0) - math.log(m)
-    return (logk + f[:, None] + g).exp()
-
-
-def _standardize_within(a: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """:func:`_standardize_columns` within each group of rows (``groups``: one code per row)."""
-    out, groups = torch.empty_like(a), groups.reshape(-1)
-    for g in torch.unique(groups):
-        sel = groups == g
-        out[sel] = _standardize_columns(a[sel])
-    return out
-
-
-def _ridge_gcv(x: torch.Tensor, y: torch.Tensor, n_grid: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ridge regression ``y ~ x W + b`` (intercept unpenalized) with the penalty chosen by
-    generalized cross-validation over ``lam = s_max^2 * 10^[-6, 0]``: with ``x_c = U S V^T``
-    and shrinkage ``f = s^2 / (s^2 + lam)``, ``GCV = |y_c - U diag(f) U^T y_c|^2 / (n - sum f)^2``.
-    Returns ``(W, b)``."""
-    xm, ym = x.mean(0), y.mean(0)
-    u, s, vt = torch.linalg.svd(x - xm, full_matrices=False)
-    yc = y - ym
-    uty = u.t() @ yc
-    n, best = x.shape[0], None
-    for lam in (s.max().square() * torch.logspace(-6, 0, n_grid, dtype=x.dtype, device=x.device)).tolist():
-        f = s.square() / (s.square() + lam)
-        gcv = float((yc - u @ (f[:, None] * uty)).square().sum() / (n - f.sum()).clamp_min(1.0).square())
-        if best is None or gcv < best[0]:
-            best = (gcv, lam)
-    w = vt.t() @ ((s / (s.square() + best[1]))[:, None] * uty)
-    return w, ym - xm @ w
 
 
 class Discriminator(nn.Module):
@@ -387,7 +302,7 @@ class GLUEModule(BaseModule):
 
     def _standardize_activity(self, k: str, m: str, act: torch.Tensor) -> torch.Tensor:
         stats = self._link_stats.get((k, m))
-        return _unit_rows(act) if stats is None else _standardized_unit_rows(act, *(t.to(act.device) for t in stats))
+        return unit_rows(act) if stats is None else standardized_unit_rows(act, *(t.to(act.device) for t in stats))
 
     @torch.no_grad()
     def fit_link_targets(self, data: dict[str, TensorStore], chunk: int = 4096) -> dict[tuple[str, str], torch.Tensor | None]:
@@ -417,7 +332,7 @@ class GLUEModule(BaseModule):
             var = (s2 / n - mean.square()).clamp_min(0.0)
             stats = (mean.float(), (var + 1e-8).sqrt().float())
             self._link_stats[(k, m)] = stats
-            out[(k, m)] = _standardized_unit_rows(torch.cat(acts).float(), *stats) if keep else None
+            out[(k, m)] = standardized_unit_rows(torch.cat(acts).float(), *stats) if keep else None
         return out
 
     @torch.no_grad()
@@ -445,21 +360,21 @@ class GLUEModule(BaseModule):
             im = torch.randperm(len(q), generator=gen)[:max_cells].to(q.device)
             rs, qs, ys_km, ys_mk = r[ik], q[im], y_km[im], y_mk[ik]
             r_mean = rs.mean(0)
-            rs_unit = _unit_norm_rows(rs - r_mean)
+            rs_unit = unit_norm_rows(rs - r_mean)
             cost0 = 1.0 - a[ik] @ ys_km.t()
             cost = cost0
             for _ in range(rounds):
-                plan = _sinkhorn(cost, rel_eps * float(cost.std()), 200)
+                plan = sinkhorn(cost, rel_eps * float(cost.std()), 200)
                 fwd, back = plan / plan.sum(1, keepdim=True), (plan / plan.sum(0)).t()
-                fit_km = _ridge_gcv(rs, fwd @ ys_km)  # k's input -> m's linked features
-                fit_in = _ridge_gcv(qs, back @ rs)  # m's input -> k's input
-                cost = (cost0 + 1.0 - _centred_unit_norm_rows(rs @ fit_km[0] + fit_km[1]) @ ys_km.t()
-                        + 1.0 - rs_unit @ _unit_norm_rows(qs @ fit_in[0] + fit_in[1] - r_mean).t())
-            fit_mk = _ridge_gcv(qs, back @ ys_mk)  # m's input -> k's linked features: m's link target only
-            out[(k, link_target_key(m))] = _centred_unit_norm_rows(r @ fit_km[0] + fit_km[1]).float()
-            out[(m, link_target_key(k))] = _centred_unit_norm_rows(q @ fit_mk[0] + fit_mk[1]).float()
-            out[(k, match_input_key(m))] = _unit_norm_rows(r - r_mean).float()
-            out[(m, match_input_key(k))] = _unit_norm_rows(q @ fit_in[0] + fit_in[1] - r_mean).float()
+                fit_km = ridge_gcv(rs, fwd @ ys_km)  # k's input -> m's linked features
+                fit_in = ridge_gcv(qs, back @ rs)  # m's input -> k's input
+                cost = (cost0 + 1.0 - centred_unit_norm_rows(rs @ fit_km[0] + fit_km[1]) @ ys_km.t()
+                        + 1.0 - rs_unit @ unit_norm_rows(qs @ fit_in[0] + fit_in[1] - r_mean).t())
+            fit_mk = ridge_gcv(qs, back @ ys_mk)  # m's input -> k's linked features: m's link target only
+            out[(k, link_target_key(m))] = centred_unit_norm_rows(r @ fit_km[0] + fit_km[1]).float()
+            out[(m, link_target_key(k))] = centred_unit_norm_rows(q @ fit_mk[0] + fit_mk[1]).float()
+            out[(k, match_input_key(m))] = unit_norm_rows(r - r_mean).float()
+            out[(m, match_input_key(k))] = unit_norm_rows(q @ fit_in[0] + fit_in[1] - r_mean).float()
             self._self_trained.add((k, m))
         return out
 
@@ -473,8 +388,8 @@ class GLUEModule(BaseModule):
         r = self.encoders[k].inputs(tk[Keys.X], tk.get(XREP))[0].double()
         act = self.link_activity(k, m, tk[Keys.X], self.encoders[k].compute_l(tk[Keys.X])).double()
         own = self.own_linked(k, m, tm[Keys.X], self.encoders[m].compute_l(tm[Keys.X])).double()
-        return (r, _centred_unit_norm_rows(_standardize_within(act, tk[Keys.BATCH])),
-                _centred_unit_norm_rows(_standardize_within(own, tm[Keys.BATCH])))
+        return (r, centred_unit_norm_rows(standardize_within(act, tk[Keys.BATCH])),
+                centred_unit_norm_rows(standardize_within(own, tm[Keys.BATCH])))
 
     def _cross(self, tensors, inference_outputs, v: torch.Tensor,
                with_own: bool = True) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
@@ -509,7 +424,7 @@ class GLUEModule(BaseModule):
     def link_loss(cross: dict) -> torch.Tensor | None:
         """Linked-feature consistency (``link_loss`` in the module docstring) from
         :meth:`_cross`; ``None`` when no minibatch has cross-modality links."""
-        terms = [_linear_row_corr_loss(c["u"], c["w"], c["target"]) for c in cross.values()]
+        terms = [linear_row_corr_loss(c["u"], c["w"], c["target"]) for c in cross.values()]
         return torch.stack(terms).mean() if terms else None
 
     def one_to_one_pairs(self, max_ratio: float = 1.5) -> list[tuple[str, str]]:
@@ -544,16 +459,16 @@ class GLUEModule(BaseModule):
                 # own linked features of k's cells against m's; then the self-trained
                 # predictions (each modality's linked features and k's input from the other
                 # modality) or else each decoder's prediction at the other modality's cells
-                cost = _corr_dist(c["act"], c["own"])
+                cost = corr_dist(c["act"], c["own"])
                 if (k, m) in self._self_trained:
-                    cost = cost + _corr_dist(c["target"], c["own"])
+                    cost = cost + corr_dist(c["target"], c["own"])
                     if back is not None:
                         cost = cost + 1.0 - c["input"] @ back["input"].t()
                 else:
-                    cost = cost + _corr_dist(c["u"] @ c["w"], c["own"])
+                    cost = cost + corr_dist(c["u"] @ c["w"], c["own"])
                     if back is not None:
-                        cost = cost + _corr_dist(back["own"], back["u"] @ back["w"])
-                plan = _sinkhorn(cost, rel_eps * cost.std(), n_iter)
+                        cost = cost + corr_dist(back["own"], back["u"] @ back["w"])
+                plan = sinkhorn(cost, rel_eps * cost.std(), n_iter)
             uk, um = inference_outputs["u"][k], inference_outputs["u"][m]
             d2 = uk.square().sum(1, keepdim=True) + um.square().sum(1) - 2.0 * uk @ um.t()
             terms.append((plan * d2).sum())
