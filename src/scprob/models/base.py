@@ -323,7 +323,10 @@ class BaseModel:
                 f"{batch_size}); consider another batch_size or datasplitter_kwargs={{'drop_last': True}}.",
                 UserWarning, stacklevel=3,
             )
-        test_idx = np.setdiff1d(np.arange(n), np.concatenate([train_idx, val_idx]))
+        unused = np.ones(n, dtype=bool)  # a mask, not setdiff1d: its sorts hold ~5 int64 copies of n at 1M cells
+        unused[train_idx] = False
+        unused[val_idx] = False
+        test_idx = np.flatnonzero(unused)
         loader_cls = self._loader_cls(store)
         train_loader = loader_cls(
             store, train_idx, batch_size, shuffle=True, seed=seed, drop_last_below=batch_size if drop_last else 2,
