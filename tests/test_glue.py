@@ -1259,6 +1259,16 @@ def test_self_training_predicts_the_linked_features_better_than_the_links():
     assert f_in < 0.85 * f_raw, (f_raw, f_in)  # 0.106
     for table in new.values():
         assert torch.allclose(table.norm(dim=1), torch.ones(len(table)), atol=1e-4)
+    # input tables too large to keep: no self-training of the pair (the matching keeps the decoder terms)
+    n_in = (rna.n_obs + prot.n_obs) * int(new[("rna", "match_in_prot")].shape[1])
+    n_link = max(rna.n_obs * int(mod.linkidx_rna_prot.numel()), prot.n_obs * int(mod.linkidx_prot_rna.numel()))
+    assert n_link < n_in
+    import scprob.modules.glue as glue_module
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(glue_module, "LINK_CACHE_ELEMENTS", n_in - 1)
+        assert mod.self_train_link_targets(stores, mod.one_to_one_pairs(), rounds=1) == {}
+        assert mod._self_trained == set()
     # training: on by default where matching is on, off with 0 rounds
     glue.train(max_epochs=2, early_stopping=False, balance=False, **FIT)
     assert mod._self_trained == {("rna", "prot")}

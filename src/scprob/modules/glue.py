@@ -341,7 +341,9 @@ class GLUEModule(BaseModule):
                                 seed: int = 0) -> dict[tuple[str, str], torch.Tensor]:
         """Self-training (``self_train`` in the module docstring) of each pair ``(k, m)`` in
         ``pairs`` whose link targets training keeps as tables in both directions
-        (:meth:`fit_link_targets`).  Returns the new tables as ``{(modality, store key):
+        (:meth:`fit_link_targets`) and whose input tables (cells of both x ``k``'s encoder
+        input) fit in :data:`LINK_CACHE_ELEMENTS` too (else the matching keeps the decoder
+        terms).  Returns the new tables as ``{(modality, store key):
         table}`` (one unit row per cell of the modality): the link targets of both
         directions (:func:`link_target_key`) and the input tables of the matching cost
         (:func:`match_input_key`: ``k``'s centred input, ``m``'s prediction of it)."""
@@ -356,6 +358,8 @@ class GLUEModule(BaseModule):
                 continue
             r, a, y_km = self._self_train_inputs(data, k, m)  # k's input, k's evidence, m's linked features
             q, _, y_mk = self._self_train_inputs(data, m, k)
+            if (len(r) + len(q)) * r.shape[1] > LINK_CACHE_ELEMENTS:  # the input tables would not fit
+                continue
             ik = torch.randperm(len(r), generator=gen)[:max_cells].to(r.device)
             im = torch.randperm(len(q), generator=gen)[:max_cells].to(q.device)
             rs, qs, ys_km, ys_mk = r[ik], q[im], y_km[im], y_mk[ik]
