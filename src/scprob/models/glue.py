@@ -231,11 +231,12 @@ class GLUE:
         ``None``: 0.03 on the modality pairs whose links are nearly one to one
         (:meth:`~scprob.modules.glue.GLUEModule.one_to_one_pairs`), off elsewhere; a number
         applies to every linked pair (0: off).  ``self_train_rounds``: where the matching
-        is on, the rounds of self-training that first teach a linear predictor of each
-        modality's linked features from all of the other's (pseudo-pairs from an optimal
-        transport plan, refined round by round; :mod:`scprob.modules.glue`), whose
-        predictions become the link and matching targets (PBMC CITE-seq: FOSCTTM 0.14 ->
-        0.10; 0: off).  ``modality_weight`` the modalities' data terms.
+        is on, the rounds of self-training that first teach linear predictors between the
+        paired modalities from all of each one's features (pseudo-pairs from an optimal
+        transport plan, refined round by round; :mod:`scprob.modules.glue`): of each
+        modality's linked features, which become the link targets, and of the first
+        modality's input, which the matching cost compares (PBMC CITE-seq: FOSCTTM 0.14 ->
+        0.094; 0: off).  ``modality_weight`` the modalities' data terms.
 
         ``checkpoint_dir``: keep ``checkpoint_dir/last.ckpt`` up to date every
         ``checkpoint_every_n_epochs`` epochs and at the end of each stage (atomic writes);

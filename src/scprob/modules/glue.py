@@ -106,18 +106,19 @@ of ``rounds`` rounds computes::
     P    = entropic OT plan on C (eps = 0.1 sd(C))
     t    = ridge prediction of the plan's barycentres rownorm(P) y   from r  (m's linked
                                                                              features)
-    t'   = ridge prediction of                    colnorm(P)^T y'  from q  (k's linked
-                                                                             features)
     s    = ridge prediction of                    colnorm(P)^T r0  from q  (k's input)
-    C    = C0 + 1 - unit_rows(t) y^T + 1 - y' unit_rows(t')^T + 1 - unit(r0) unit(s)^T
+    C    = C0 + 1 - unit_rows(t) y^T + 1 - unit(r0) unit(s)^T
 
 (ridge with the penalty chosen by generalized cross-validation; ``unit`` scales rows to
 unit norm without centring them: pseudo-pairs from the linked evidence teach linear maps
-between the modalities, whose predictions give better pseudo-pairs).  Every cell's
-``t`` (``t'``) then replaces its link-term target, and the matching cost becomes the same
-four terms on the minibatch, ``C_ij = dist(a_i, y_j) + dist(t_i, y_j) + dist(y'_i, t'_j) +
-1 - unit(r0_i) unit(s_j)``.  On PBMC CITE-seq (400 cells, 14 antibodies) the pairing that
-the links alone give (FOSCTTM of the cost 0.133) reaches 0.088, the embedding 0.092-0.095.
+between the modalities, whose predictions give better pseudo-pairs).  The last plan also
+gives ``t'``, the ridge prediction of ``colnorm(P)^T y'`` (``k``'s linked features) from
+``q``: ``m``'s link-term target only, not a cost term (as a cost it ranks partners worse
+than the others and adds noise).  Every cell's ``t`` (``t'``) then replaces its link-term
+target, and the matching cost becomes the same three terms on the minibatch,
+``C_ij = dist(a_i, y_j) + dist(t_i, y_j) + 1 - unit(r0_i) unit(s_j)``.  On PBMC CITE-seq
+(400 cells, 14 antibodies) the pairing that the links alone give (FOSCTTM of the cost
+0.133) reaches 0.088, the embedding 0.092-0.097.
 
 A discriminator ``D(u, b)`` predicts each cell's
 modality from its embedding (and its batch); with per-cell balancing weights ``c``::
@@ -175,6 +176,12 @@ def match_input_key(m: str) -> str:
     """Store key of a modality's input table in the matching cost towards modality ``m``
     (:meth:`GLUEModule.self_train_link_targets`)."""
     return f"match_in_{m}"
+
+
+def _within_batch_unit_rows(a: torch.Tensor, tensors: dict) -> torch.Tensor:
+    """``a`` (rows: the cells of ``tensors``) in float64, standardized per column within each
+    batch, rows centred and of unit norm (the self-training's evidence)."""
+    return centred_unit_norm_rows(standardize_within(a.double(), tensors[Keys.BATCH]))
 
 
 class Discriminator(nn.Module):
@@ -356,10 +363,16 @@ class GLUEModule(BaseModule):
             if k not in data or m not in data or not (self._link_table_fits(k, m, int(data[k].n_obs))
                                                       and self._link_table_fits(m, k, int(data[m].n_obs))):
                 continue
-            r, a, y_km = self._self_train_inputs(data, k, m)  # k's input, k's evidence, m's linked features
-            q, _, y_mk = self._self_train_inputs(data, m, k)
-            if (len(r) + len(q)) * r.shape[1] > LINK_CACHE_ELEMENTS:  # the input tables would not fit
+            tk, tm = (data[j][torch.arange(int(data[j].n_obs))] for j in (k, m))
+            # natural scale: the ridge then shrinks the minor components
+            r = self.encoders[k].inputs(tk[Keys.X], tk.get(XREP))[0].double()
+            if (len(tk[Keys.X]) + len(tm[Keys.X])) * r.shape[1] > LINK_CACHE_ELEMENTS:  # input tables too large
                 continue
+            q = self.encoders[m].inputs(tm[Keys.X], tm.get(XREP))[0].double()
+            lk, lm = self.encoders[k].compute_l(tk[Keys.X]), self.encoders[m].compute_l(tm[Keys.X])
+            a = _within_batch_unit_rows(self.link_activity(k, m, tk[Keys.X], lk), tk)  # k's evidence
+            y_km = _within_batch_unit_rows(self.own_linked(k, m, tm[Keys.X], lm), tm)  # m's linked features
+            y_mk = _within_batch_unit_rows(self.own_linked(m, k, tk[Keys.X], lk), tk)  # k's linked features
             ik = torch.randperm(len(r), generator=gen)[:max_cells].to(r.device)
             im = torch.randperm(len(q), generator=gen)[:max_cells].to(q.device)
             rs, qs, ys_km, ys_mk = r[ik], q[im], y_km[im], y_mk[ik]
@@ -381,19 +394,6 @@ class GLUEModule(BaseModule):
             out[(m, match_input_key(k))] = unit_norm_rows(q @ fit_in[0] + fit_in[1] - r_mean).float()
             self._self_trained.add((k, m))
         return out
-
-    def _self_train_inputs(self, data: dict[str, TensorStore], k: str, m: str) -> tuple[torch.Tensor, ...]:
-        """For :meth:`self_train_link_targets`, in float64 over all cells: ``k``'s encoder input
-        at its natural scale (the ridge then shrinks the minor components), ``k``'s data
-        mapped onto ``m``'s linked features and ``m``'s own data there, both standardized
-        within each batch, rows centred and of unit norm."""
-        tk = data[k][torch.arange(int(data[k].n_obs))]
-        tm = data[m][torch.arange(int(data[m].n_obs))]
-        r = self.encoders[k].inputs(tk[Keys.X], tk.get(XREP))[0].double()
-        act = self.link_activity(k, m, tk[Keys.X], self.encoders[k].compute_l(tk[Keys.X])).double()
-        own = self.own_linked(k, m, tm[Keys.X], self.encoders[m].compute_l(tm[Keys.X])).double()
-        return (r, centred_unit_norm_rows(standardize_within(act, tk[Keys.BATCH])),
-                centred_unit_norm_rows(standardize_within(own, tm[Keys.BATCH])))
 
     def _cross(self, tensors, inference_outputs, v: torch.Tensor,
                with_own: bool = True) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
@@ -461,8 +461,8 @@ class GLUEModule(BaseModule):
                 back = None
             with torch.no_grad():  # the plan is a constant
                 # own linked features of k's cells against m's; then the self-trained
-                # predictions (each modality's linked features and k's input from the other
-                # modality) or else each decoder's prediction at the other modality's cells
+                # predictions (k's of m's linked features, m's of k's input) or else each
+                # decoder's prediction at the other modality's cells
                 cost = corr_dist(c["act"], c["own"])
                 if (k, m) in self._self_trained:
                     cost = cost + corr_dist(c["target"], c["own"])
