@@ -11,7 +11,7 @@ from ._count import (
     log_poisson,
     log_zinb_logits,
 )
-from ._latent import LATENT_DISTRIBUTIONS, LogisticNormal, latent_transform
+from ._latent import LATENT_DISTRIBUTIONS, LogisticNormal, kl_std_normal, latent_transform
 from ._more import BinarizedBernoulli, MeanBeta, NegativeBinomialMixture, ZeroInflatedLogNormal, ZeroInflatedNormal
 from .registry import available_likelihoods, get_likelihood, register_likelihood
 
@@ -29,6 +29,7 @@ __all__ = [
     "ZeroInflatedNegativeBinomial",
     "available_likelihoods",
     "get_likelihood",
+    "kl_std_normal",
     "latent_transform",
     "log_nb",
     "log_nb_logits",

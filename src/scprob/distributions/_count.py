@@ -163,16 +163,32 @@ class NegativeBinomial(Distribution):
         theta: torch.Tensor | None = None,
         log_mu: torch.Tensor | None = None,
         scale: torch.Tensor | None = None,
+        log_theta: torch.Tensor | None = None,
     ):
         if (mu is None) == (log_mu is None):
             raise ValueError("Give exactly one of `mu` or `log_mu`.")
-        if theta is None:
-            raise ValueError("`theta` (inverse dispersion) is required.")
+        if (theta is None) == (log_theta is None):
+            raise ValueError("Give exactly one of `theta` or `log_theta` (inverse dispersion).")
         self.log_mu = torch.log(mu) if log_mu is None else log_mu
-        self.theta = theta
-        self.log_theta = torch.log(theta)
+        # the other form of the dispersion is computed when first read: the fused
+        # likelihood takes log theta, so a model giving it pays no exp / log round trip
+        self._theta, self._log_theta = theta, log_theta
         self.scale = scale
-        super().__init__(batch_shape=torch.broadcast_shapes(self.log_mu.shape, theta.shape), validate_args=False)
+        shape_t = (theta if log_theta is None else log_theta).shape
+        shape = self.log_mu.shape if shape_t == self.log_mu.shape else torch.broadcast_shapes(self.log_mu.shape, shape_t)
+        super().__init__(batch_shape=shape, validate_args=False)
+
+    @property
+    def theta(self) -> torch.Tensor:
+        if self._theta is None:
+            self._theta = self._log_theta.exp()
+        return self._theta
+
+    @property
+    def log_theta(self) -> torch.Tensor:
+        if self._log_theta is None:
+            self._log_theta = torch.log(self._theta)
+        return self._log_theta
 
     @property
     def mu(self) -> torch.Tensor:
@@ -224,10 +240,11 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
         zi_logits: torch.Tensor | None = None,
         log_mu: torch.Tensor | None = None,
         scale: torch.Tensor | None = None,
+        log_theta: torch.Tensor | None = None,
     ):
         if zi_logits is None:
             raise ValueError("`zi_logits` is required for the zero-inflated NB.")
-        super().__init__(mu=mu, theta=theta, log_mu=log_mu, scale=scale)
+        super().__init__(mu=mu, theta=theta, log_mu=log_mu, scale=scale, log_theta=log_theta)
         self.zi_logits = zi_logits
 
     @property

@@ -13,6 +13,8 @@ outputs it needs.  The parameter names are a shared vocabulary:
     log_mu_bg, mix_logits   background mean and background probability (NB mixture)
 
 Builders may also take ``scale`` (normalized expression, kept on the distribution).
+Those taking ``theta`` also accept ``log_theta`` in its place (what scVI's decoder
+makes: no exp / log round trip).
 A decoder that can produce a family's ``params`` can use it: scVI's decoder makes
 ``log_mu``/``theta``/``zi_logits`` (so NB, ZINB, Poisson, Normal), GLUE's data decoders
 make every name above, so a family registered once serves every model it fits.
@@ -65,13 +67,13 @@ def available_likelihoods() -> list[str]:
 
 
 @register_likelihood("nb", is_count=True, needs_dispersion=True)
-def _nb(log_mu, theta, scale=None, **_):
-    return NegativeBinomial(log_mu=log_mu, theta=theta, scale=scale)
+def _nb(log_mu, theta=None, scale=None, log_theta=None, **_):
+    return NegativeBinomial(log_mu=log_mu, theta=theta, scale=scale, log_theta=log_theta)
 
 
 @register_likelihood("zinb", is_count=True, needs_dispersion=True, needs_dropout=True)
-def _zinb(log_mu, theta, zi_logits, scale=None, **_):
-    return ZeroInflatedNegativeBinomial(log_mu=log_mu, theta=theta, zi_logits=zi_logits, scale=scale)
+def _zinb(log_mu, theta=None, zi_logits=None, scale=None, log_theta=None, **_):
+    return ZeroInflatedNegativeBinomial(log_mu=log_mu, theta=theta, zi_logits=zi_logits, scale=scale, log_theta=log_theta)
 
 
 @register_likelihood("poisson", is_count=True, needs_dispersion=False)
@@ -80,9 +82,10 @@ def _poisson(log_mu, scale=None, **_):
 
 
 @register_likelihood("normal", is_count=False, needs_dispersion=True)
-def _normal(log_mu, theta, scale=None, **_):
+def _normal(log_mu, theta=None, scale=None, log_theta=None, **_):
     # theta plays the role of the per-gene variance here (as in scVI's "normal").
-    return Normal(log_mu.exp(), theta.sqrt(), normal_mu=scale)
+    std = theta.sqrt() if log_theta is None else (0.5 * log_theta).exp()
+    return Normal(log_mu.exp(), std, normal_mu=scale)
 
 
 @register_likelihood("zin", is_count=False, params=("loc", "std", "zi_logits"))

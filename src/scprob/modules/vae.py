@@ -43,7 +43,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from ..data.keys import Keys
-from ..distributions import NegativeBinomial, Poisson, get_likelihood, latent_transform
+from ..distributions import NegativeBinomial, Poisson, get_likelihood, kl_std_normal, latent_transform
 from ..nn import DecoderSCVI, Encoder, LinearDecoderSCVI
 from .base import BaseModule, LossOutput
 
@@ -283,9 +283,9 @@ class VAE(BaseModule):
         unflat = lambda t: t if t is None or t.ndim < 2 else t.reshape(*lead, t.shape[-1])  # noqa: E731
         log_scale, px_r, dropout = unflat(log_scale), unflat(px_r), unflat(dropout)
         library = library.reshape(*lead, 1)
-        theta = px_r.exp()
         px_scale = log_scale.exp()
-        px = spec["builder"](log_mu=library + log_scale, theta=theta, zi_logits=dropout, scale=px_scale)
+        # px_r is log theta: the builders take it as is (the fused likelihood wants log theta)
+        px = spec["builder"](log_mu=library + log_scale, log_theta=px_r, zi_logits=dropout, scale=px_scale)
         pl = None
         if not self.use_observed_lib_size:
             means, vars_ = self._local_library_params(batch_index.reshape(-1, 1)[: lead[-1]])
@@ -302,13 +302,13 @@ class VAE(BaseModule):
             rec = -px.log_prob_rowsum(x, nz=(tensors[Keys.X_NZ_ROWS], tensors[Keys.X_NZ_COLS]))
         else:
             rec = -(px.log_prob_rowsum(x) if hasattr(px, "log_prob_rowsum") else px.log_prob(x).sum(-1))
-        kl_z = kl_divergence(inference_outputs["qz"], generative_outputs["pz"]).sum(-1)
-        kl_l = (
-            kl_divergence(inference_outputs["ql"], generative_outputs["pl"]).sum(-1)
-            if inference_outputs["ql"] is not None
-            else torch.zeros_like(kl_z)
-        )
-        loss = torch.mean(rec + kl_weight * kl_z + kl_l)
+        kl_z = kl_std_normal(inference_outputs["qz"]).sum(-1)  # p(z) = N(0, I)
+        if inference_outputs["ql"] is not None:
+            kl_l = kl_divergence(inference_outputs["ql"], generative_outputs["pl"]).sum(-1)
+            loss = torch.mean(rec + kl_weight * kl_z + kl_l)
+        else:
+            kl_l = torch.zeros_like(kl_z)
+            loss = torch.mean(rec + kl_weight * kl_z)
         return LossOutput(loss=loss, reconstruction_loss=rec, kl_local=dict(kl_divergence_z=kl_z, kl_divergence_l=kl_l))
 
     # ------------------------------------------------------------------ extras

@@ -58,7 +58,7 @@ class AdversarialTrainingPlan(TrainingPlan):
         inf, _, lo = self.module(batch, loss_kwargs=self.loss_kwargs)
         return inf, lo
 
-    def training_step(self, batch, batch_idx):
+    def train_batch(self, batch) -> None:
         opt_vae, opt_dsc = self.optimizers()
         inf, lo = self._losses(batch)
         loss = lo.loss

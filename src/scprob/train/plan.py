@@ -20,6 +20,7 @@ passes them on), and ReduceLROnPlateau is stepped at the end of each training ep
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import defaultdict
 
 import lightning.pytorch as pl
@@ -27,7 +28,9 @@ import torch
 
 from ..data.keys import Keys
 from ..modules.base import LossOutput
+from ._sums import EpochSums
 from .optim import Adam, AdamW
+from .steps import direct_backward, minibatches
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,7 +101,18 @@ class TrainingPlan(pl.LightningModule):
         self.lr_factor, self.lr_patience, self.lr_threshold, self.lr_min = lr_factor, lr_patience, lr_threshold, lr_min
         self.lr_scheduler_metric = lr_scheduler_metric
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        self._acc: dict[str, dict[str, torch.Tensor]] = {}
+        self._acc: dict = {}
+        self._direct_backward = False
+
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning rewrites plain attributes (``_current_fx_name``, ...) around every hook,
+        # ~30 times a step; nn.Module.__setattr__'s registry checks cost ~3 us each.  A name
+        # already in __dict__ is no parameter, buffer or submodule, so a plain value can be
+        # stored directly (what nn.Module would end up doing).
+        if name in self.__dict__ and not isinstance(value, (torch.Tensor, torch.nn.Module)):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # ------------------------------------------------------------ KL warm-up
     @property
@@ -132,6 +146,9 @@ class TrainingPlan(pl.LightningModule):
     def _on_device_check(self) -> bool:
         return self.device.type != "cpu"
 
+    def on_train_start(self) -> None:
+        self._direct_backward = direct_backward(self)
+
     def on_train_epoch_start(self) -> None:
         self._bad_step = None
         if self._on_device_check():
@@ -162,43 +179,27 @@ class TrainingPlan(pl.LightningModule):
     def _accumulate(self, split: str, lo: LossOutput) -> None:
         if split == "train":
             self._last_lo = lo
-            if not self._on_device_check() and not bool(torch.isfinite(lo.loss.detach()).all()):
+            if not self._on_device_check() and not math.isfinite(lo.loss.item()):
                 self._raise_non_finite("training loss")
         acc = self._acc.get(split)
-        n = lo.n_obs_minibatch
-        kl_g = lo.kl_global_sum
-        kl_g_dev = kl_g.detach() * n if isinstance(kl_g, torch.Tensor) else torch.zeros_like(lo.loss.detach())
-        # device sums stay on the device; what the host knows (step and cell counts, a float
-        # kl_global) stays on the host: no host-to-device copy, so no wait, per step
-        vals = torch.stack([lo.reconstruction_loss_sum.detach(), lo.kl_local_sum.detach(), kl_g_dev, lo.loss.detach()])
-        host = [0.0 if isinstance(kl_g, torch.Tensor) else float(kl_g) * float(n), 1.0, float(n)]
-        extras = {k: torch.as_tensor(v).detach().float().sum() for k, v in lo.extra_metrics.items()}
         if acc is None:
-            self._acc[split] = {"core": vals, "host": host, **extras}
-        else:
-            acc["core"] = acc["core"] + vals
-            acc["host"] = [a + b for a, b in zip(acc["host"], host)]
-            for k, v in extras.items():
-                acc[k] = acc[k] + v if k in acc else v
+            acc = self._acc[split] = EpochSums()
+        acc.add(lo)
 
     def _flush(self, split: str) -> None:
         acc = self._acc.pop(split, None)
         if acc is None or self.trainer.sanity_checking:
             return
-        dev = acc["core"]
-        core = torch.cat([dev, torch.tensor(acc["host"], dtype=dev.dtype, device=dev.device)])
-        core = self.trainer.strategy.reduce(core, reduce_op="sum")
-        rec, kl_local, kl_g_dev, loss_sum, kl_g_host, n_steps, n_obs = core.tolist()
-        kl_global = kl_g_dev + kl_g_host
+        core = self.trainer.strategy.reduce(acc.core(), reduce_op="sum")
+        rec, kl_local, kl_global, loss_sum, n_steps, n_obs = core.tolist()
         metrics = {
             f"elbo_{split}": (rec + kl_local + kl_global) / n_obs,
             f"reconstruction_loss_{split}": rec / n_obs,
             f"kl_local_{split}": kl_local / n_obs,
             f"kl_global_{split}": kl_global / n_obs,
         }
-        for k, v in acc.items():
-            if k not in ("core", "host"):
-                metrics[f"{k}_{split}"] = float(self.trainer.strategy.reduce(v, reduce_op="sum")) / n_obs
+        for k, v in acc.extras().items():
+            metrics[f"{k}_{split}"] = float(self.trainer.strategy.reduce(v, reduce_op="sum")) / n_obs
         self._record_epoch(split, metrics, loss_sum / n_steps)
 
     def _record_epoch(self, split: str, metrics: dict, mean_loss: float) -> None:
@@ -225,7 +226,10 @@ class TrainingPlan(pl.LightningModule):
         step (Lightning's ``on_before_optimizer_step`` runs the gradient check)."""
         opt = self.optimizers() if optimizer is None else optimizer
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        if self._direct_backward:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
         self._clip(opt)
         opt.step()
 
@@ -237,6 +241,15 @@ class TrainingPlan(pl.LightningModule):
                                 gradient_clip_algorithm=self.gradient_clip_algorithm)
 
     def training_step(self, batch, batch_idx):
+        """One step per minibatch: ``batch`` is one, or a group of them (:mod:`.steps`)."""
+        max_steps = self.trainer.max_steps
+        for b in minibatches(batch):
+            if 0 <= max_steps <= self.global_step:
+                break
+            self.train_batch(b)
+
+    def train_batch(self, batch) -> None:
+        """Forward, epoch sums, and one optimizer step on one minibatch (what plans override)."""
         _, _, lo = self.module(batch, loss_kwargs={"kl_weight": self.kl_weight})
         self._accumulate("train", lo)
         self._optimize(lo.loss)
@@ -516,7 +529,7 @@ class FlowTrainingPlan(TrainingPlan):
         never the one a temperature-weighted epoch left."""
         return not self._use_temperature()
 
-    def training_step(self, batch, batch_idx):
+    def train_batch(self, batch) -> None:
         _, _, lo = self.module(
             batch, generative_kwargs={"prior_std": self._prior_std()},
             loss_kwargs={"use_temperature": self._use_temperature()},

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
+from .steps import StepGroups, group_size
 
 
 class HistoryLogger(Logger):
@@ -282,6 +283,9 @@ def run_training(
             if isinstance(lg, HistoryLogger):
                 lg.trainer = trainer
         _note_unused_gpu(trainer)
+        group = group_size(plan, train_loader, trainer, trainer_kwargs)
+        if group > 1:
+            train_loader = StepGroups(train_loader, group)
         trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader if has_val else None,
                     ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     return trainer

@@ -1,0 +1,102 @@
+"""Several optimizer steps per Lightning batch.
+
+Lightning's loop costs a fixed ~0.4 ms of hooks, progress tracking and batch handling
+per batch it hands to ``training_step``: on a CPU that is ~8% of a scVI step of 128
+cells x 1,000 genes.  When nothing observes individual batches, the runner hands the
+plan groups of consecutive minibatches (:class:`StepGroups`), and the plan's
+``training_step`` runs one full step per minibatch of the group (forward, backward,
+optimizer step through Lightning's optimizer wrapper, so ``global_step``, the KL
+warm-up, gradient clipping and the NaN guard are per minibatch as before).  The
+minibatches, their order and every update are those of ungrouped training; only
+Lightning's per-batch hooks (``on_train_batch_start`` / ``_end``) run once per group,
+which is why grouping is off whenever a callback or the plan overrides them, or a
+Trainer option counts batches (``limit_train_batches``, ``val_check_interval``), and
+under DDP (its gradient reduction is prepared once per ``training_step`` call).
+``max_steps`` is honoured inside a group.
+
+Likewise, ``manual_backward`` walks four hooks (``on_before_backward``,
+``on_after_backward``, for callbacks and the module) through the strategy and the
+precision plugin around ``loss.backward()``.  With one device, 32-bit precision, no
+profiler and none of those hooks overridden that is exactly ``loss.backward()``, which
+:func:`direct_backward` says the plan may then call itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+#: minibatches per Lightning batch when grouping applies
+GROUP_SIZE = 16
+_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+_BATCH_COUNTING = ("limit_train_batches", "val_check_interval")
+_BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
+
+
+class StepGroup(list):
+    """Consecutive minibatches that one ``training_step`` call trains on, one step each."""
+
+
+class StepGroups:
+    """``loader``'s minibatches in :class:`StepGroup` s of ``size`` (the last may be shorter).
+    Attributes other than its own (``epoch``, ``batch_size``, ...) are the loader's."""
+
+    def __init__(self, loader: Iterable, size: int):
+        self.loader, self.size = loader, int(size)
+
+    def __len__(self) -> int:
+        return -(-len(self.loader) // self.size)
+
+    def __iter__(self) -> Iterator[StepGroup]:
+        batches = iter(self.loader)
+        while group := StepGroup(itertools.islice(batches, self.size)):
+            yield group
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+
+def minibatches(batch) -> Iterable:
+    """The minibatches a ``training_step`` received: a group's, or the batch itself."""
+    return batch if isinstance(batch, StepGroup) else (batch,)
+
+
+def group_size(plan, train_loader, trainer, trainer_kwargs: dict) -> int:
+    """How many minibatches per Lightning batch ``plan`` may take in ``trainer`` (1: no
+    grouping).  One device only: DDP prepares its gradient reduction per forward call."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from .plan import TrainingPlan
+
+    if (
+        not isinstance(plan, TrainingPlan)
+        or plan.automatic_optimization
+        or type(plan).training_step is not TrainingPlan.training_step  # a plan with its own loop
+        or type(trainer.strategy) is not SingleDeviceStrategy
+        or any(trainer_kwargs.get(k) is not None for k in _BATCH_COUNTING)
+        or any(is_overridden(h, plan, parent=TrainingPlan) for h in _BATCH_HOOKS)
+        or any(is_overridden(h, cb, parent=Callback) for cb in trainer.callbacks for h in _BATCH_HOOKS)
+        or not hasattr(train_loader, "__len__")
+    ):
+        return 1
+    return GROUP_SIZE
+
+
+def direct_backward(plan) -> bool:
+    """Whether ``plan.manual_backward(loss)`` amounts to ``loss.backward()`` in this fit."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.plugins.precision import Precision
+    from lightning.pytorch.profilers import PassThroughProfiler
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    trainer = plan.trainer
+    return (
+        type(trainer.strategy) is SingleDeviceStrategy
+        and type(trainer.precision_plugin) is Precision
+        and isinstance(trainer.profiler, PassThroughProfiler)
+        and not any(is_overridden(h, plan, parent=pl.LightningModule) for h in (*_BACKWARD_HOOKS, "backward"))
+        and not any(is_overridden(h, cb, parent=Callback) for cb in trainer.callbacks for h in _BACKWARD_HOOKS)
+    )
