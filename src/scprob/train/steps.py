@@ -36,13 +36,22 @@ _BATCH_COUNTING = ("limit_train_batches", "val_check_interval")
 _BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
 
 
-class StepGroup(list):
-    """Consecutive minibatches that one ``training_step`` call trains on, one step each."""
+class StepGroup:
+    """Up to ``size`` consecutive minibatches of a loader, drawn one at a time as the plan
+    steps through them: a group never holds its minibatches at once (16 dense batches of
+    128 x 2,000 would be 16 MB)."""
+
+    def __init__(self, batches: Iterator, size: int):
+        self._batches = itertools.islice(batches, size)
+
+    def __iter__(self) -> Iterator:
+        return self._batches
 
 
 class StepGroups:
     """``loader``'s minibatches in :class:`StepGroup` s of ``size`` (the last may be shorter).
-    Attributes other than its own (``epoch``, ``batch_size``, ...) are the loader's."""
+    Groups share one pass over the loader, so each is iterated before the next (as a
+    training loop does).  Attributes other than its own (``epoch``, ...) are the loader's."""
 
     def __init__(self, loader: Iterable, size: int):
         self.loader, self.size = loader, int(size)
@@ -52,8 +61,8 @@ class StepGroups:
 
     def __iter__(self) -> Iterator[StepGroup]:
         batches = iter(self.loader)
-        while group := StepGroup(itertools.islice(batches, self.size)):
-            yield group
+        for _ in range(len(self)):
+            yield StepGroup(batches, self.size)
 
     def __getattr__(self, name: str):
         return getattr(self.loader, name)
