@@ -100,12 +100,16 @@ class _DirectStep:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            p0 = params[0]
-            if any(p.device != p0.device or p.dtype != p0.dtype or p.grad.is_sparse for p in params):
-                return False
             lists = self.lists.get(i)
-            if lists is None or lists.key != tuple(id(p) for p in params) or not lists.valid():
+            if lists is None or lists.key != tuple(map(id, params)) or not lists.valid():
+                # one device and dtype: checked when the lists are built (a parameter keeps
+                # both while its optimizer state stays, which valid() follows)
+                p0 = params[0]
+                if any(p.device != p0.device or p.dtype != p0.dtype for p in params):
+                    return False
                 lists = self.lists[i] = _Lists(opt, params)
+            if any(p.grad.is_sparse for p in params):
+                return False
             todo.append((group, lists))
         with torch.no_grad():
             for group, lists in todo:

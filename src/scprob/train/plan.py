@@ -53,13 +53,21 @@ def _non_finite_terms(lo: LossOutput | None) -> list[str]:
     return bad
 
 
+_ONE: dict[torch.device, torch.Tensor] = {}  # the unit scale, per device (not rebuilt every step)
+
+
 def _all_finite(grads: list[torch.Tensor]) -> torch.Tensor:
     """A 0-d bool tensor: every gradient entry is finite.  One fused kernel over all
     gradients (the check GradScaler runs, with a unit scale: nothing is modified), where
     the total-norm route costs a norm per tensor, a stack and a norm (~3x the time)."""
-    if len({(g.device, g.dtype) for g in grads}) == 1 and grads[0].dtype in (torch.float32, torch.float64):
-        found = torch.zeros(1, device=grads[0].device, dtype=torch.float32)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones_like(found))
+    g0 = grads[0]
+    if g0.dtype in (torch.float32, torch.float64) and all(g.dtype is g0.dtype for g in grads) \
+            and len({g.get_device() for g in grads}) == 1:
+        found = torch.zeros(1, device=g0.device, dtype=torch.float32)
+        one = _ONE.get(g0.device)
+        if one is None:
+            one = _ONE[g0.device] = torch.ones(1, device=g0.device, dtype=torch.float32)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
         return found[0] == 0
     return torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))
 
