@@ -82,6 +82,23 @@ def test_value_and_grads_match_reference(backend, dtype, zinb, full_theta):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("zinb", [False, True])
+@pytest.mark.parametrize("full_theta", [False, True])
+def test_mean_loss_gradients_match_reference(backend, zinb, full_theta):
+    """A loss mean(-log p) sends back -1/cells per cell: the float32 kernel's pre-scaled
+    gradients are then used as they are (other weights: the test above)."""
+    _fused.set_backend(backend)
+    n, g = 12, 25
+    x = _counts(n, g, torch.float32)
+    lm, lt, pi = _params(n, g, torch.float32, full_theta, zinb)
+    inputs = [t for t in (lm, lt, pi) if t is not None]
+    g_ref = torch.autograd.grad((-nb_log_prob_rowsum_reference(x, lm, lt, pi)).mean(), inputs)
+    grads = torch.autograd.grad((-nb_log_prob_rowsum(x, lm, lt, pi)).mean(), inputs)
+    for a, b in zip(grads, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("zinb", [False, True])
 def test_fractional_and_large_counts_match_reference(backend, zinb):
     """The numba kernel's small-integer recurrences and its lgamma path meet at the
     boundary: fractional counts, counts around the switch (8, 9) and large ones."""

@@ -96,6 +96,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -176,13 +177,25 @@ def _supported(x: torch.Tensor, log_mu: torch.Tensor, *params: torch.Tensor | No
     return x.device == log_mu.device
 
 
-def _scale_reduce(g: torch.Tensor, go: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """sum over cells of ``go[n] * g[n, :]`` reduced to ``shape`` (a parameter's shape)."""
+def _scale_reduce(g: torch.Tensor, go: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
+    """sum over cells of ``go[n] * g[n, :]`` reduced to ``shape`` (a parameter's shape);
+    ``go`` None: ``g`` already carries the per-cell factor."""
     if shape == g.shape:
-        return g * go.unsqueeze(1)
+        return g if go is None else g * go.unsqueeze(1)
     if g.shape[-1] == shape[-1] and torch.Size(shape).numel() == g.shape[-1]:
-        return (go.to(g.dtype) @ g).reshape(shape)
-    return (g * go.unsqueeze(1)).sum_to_size(shape)
+        return (g.sum(0) if go is None else go.to(g.dtype) @ g).reshape(shape)
+    return (g if go is None else g * go.unsqueeze(1)).sum_to_size(shape)
+
+
+def _prescale(x: torch.Tensor, log_mu: torch.Tensor, mode: str) -> float:
+    """The factor the float32 numba kernel multiplies the saved gradients by: ``-1 / cells``,
+    the per-cell gradient a loss ``mean(-log p)`` sends back (scVI's), so that the backward
+    finds them ready instead of scaling two cells x genes tensors; 1 elsewhere."""
+    return -1.0 / x.shape[0] if mode == "numba" and _f32_kernel(log_mu) and x.shape[0] else 1.0
+
+
+def _f32_kernel(log_mu: torch.Tensor) -> bool:
+    return log_mu.dtype == torch.float32 and F32_KERNEL
 
 
 # ------------------------------------------------------------------------- dense part
@@ -319,14 +332,15 @@ def _rows_kernel(kern: Any, name: str, n_cells: int) -> Any:
 
 def _nb_numba(
     x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None, want_grad: bool,
+    gscale: float = 1.0,
 ) -> Result:
     """Per-cell sums and per-element gradients: the dense part in PyTorch, the non-zero part
     in one numba kernel (CPU, no ``nonzero``)."""
     kern = _numba_kernels()
     n_cells, n_genes = x.shape
     dtype = log_mu.dtype
-    if dtype == torch.float32 and F32_KERNEL:
-        return _nb_numba_f32(kern, x, log_mu, log_theta, zi_logits, want_grad)
+    if _f32_kernel(log_mu):
+        return _nb_numba_f32(kern, x, log_mu, log_theta, zi_logits, want_grad, gscale)
     d = _dense(log_mu, log_theta, zi_logits, want_grad)
     theta, th_rs = _as_2d(d["theta"], n_genes)
     th_pre = th_rs == 0
@@ -355,10 +369,11 @@ def _nb_numba(
 
 def _nb_numba_f32(
     kern: Any, x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor | None,
-    want_grad: bool,
+    want_grad: bool, gscale: float = 1.0,
 ) -> Result:
     """:func:`_nb_numba` for float32: the dense part too in the numba kernel, one pass per
-    row (``_fused_numba.rows_f32_*``); no cells x genes intermediate besides the gradients."""
+    row (``_fused_numba.rows_f32_*``); no cells x genes intermediate besides the gradients,
+    which come multiplied by ``gscale``."""
     n_cells, n_genes = x.shape
     lt, th_rs = _as_2d(log_theta.detach(), n_genes)
     theta = lt.exp()
@@ -372,7 +387,8 @@ def _nb_numba_f32(
     pre = [torch.lgamma(theta), torch.digamma(theta) if want_grad else dummy] if th_pre else [dummy, dummy]
     fn = _rows_kernel(kern, "rows_f32", n_cells)
     fn(x.detach().contiguous().numpy(), log_mu.detach().contiguous().numpy(), lt.numpy(), theta.numpy(), th_rs,
-       *(t.numpy() for t in pre), th_pre, pi.numpy(), pi_rs, zinb, want_grad, value.numpy(), *(g.numpy() for g in grads))
+       *(t.numpy() for t in pre), th_pre, pi.numpy(), pi_rs, zinb, want_grad, np.float32(gscale), value.numpy(),
+       *(g.numpy() for g in grads))
     if not want_grad:
         return value, None, None, None
     return value, grads[0], grads[1], grads[2] if zinb else None
@@ -389,7 +405,8 @@ class NBLogProbRowSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, log_mu, log_theta, zi_logits, rows, cols, mode):  # type: ignore[override]
-        value, g_mu, g_theta, g_pi = _nb_path(x, log_mu, log_theta, zi_logits, (rows, cols), mode, True)
+        ctx.gscale = _prescale(x, log_mu, mode)
+        value, g_mu, g_theta, g_pi = _nb_path(x, log_mu, log_theta, zi_logits, (rows, cols), mode, True, ctx.gscale)
         ctx.save_for_backward(g_mu, g_theta, g_pi)
         ctx.theta_shape = log_theta.shape
         ctx.pi_shape = None if zi_logits is None else zi_logits.shape
@@ -400,9 +417,12 @@ class NBLogProbRowSum(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         g_mu, g_theta, g_pi = ctx.saved_tensors
         need = ctx.needs_input_grad
-        d_mu = g_mu * grad_out.unsqueeze(1) if need[1] else None
-        d_theta = _scale_reduce(g_theta, grad_out, ctx.theta_shape) if need[2] else None
-        d_pi = _scale_reduce(g_pi, grad_out, ctx.pi_shape) if need[3] and g_pi is not None else None
+        go, gs = grad_out, ctx.gscale
+        if gs != 1.0:  # the saved gradients carry gs: as they are when that is what came back
+            go = None if bool((grad_out == gs).all()) else grad_out / gs
+        d_mu = (g_mu if go is None else g_mu * go.unsqueeze(1)) if need[1] else None
+        d_theta = _scale_reduce(g_theta, go, ctx.theta_shape) if need[2] else None
+        d_pi = _scale_reduce(g_pi, go, ctx.pi_shape) if need[3] and g_pi is not None else None
         return None, d_mu, d_theta, d_pi, None, None, None
 
 
@@ -469,9 +489,10 @@ def _mode(x: torch.Tensor, backend: str, numba_fits: bool) -> str:
     return "sparse"
 
 
-def _nb_path(x, log_mu, log_theta, zi_logits, nz: tuple, mode: str, want_grad: bool) -> Result:
+def _nb_path(x, log_mu, log_theta, zi_logits, nz: tuple, mode: str, want_grad: bool, gscale: float = 1.0) -> Result:
+    """Per-cell sums and gradients (those of the float32 numba kernel times ``gscale``)."""
     if mode == "numba":
-        return _nb_numba(x, log_mu, log_theta, zi_logits, want_grad)
+        return _nb_numba(x, log_mu, log_theta, zi_logits, want_grad, gscale)
     if mode == "dense":
         return _nb_dense(x, log_mu, log_theta, zi_logits, want_grad)
     return _nb_torch(x, log_mu, log_theta, zi_logits, nz, want_grad)

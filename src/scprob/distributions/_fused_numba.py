@@ -325,12 +325,23 @@ def _row_sum(terms) -> float:
     return acc
 
 
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _scale_rows(g_mu, g_theta, g_pi, zinb, c) -> None:
+    for g in range(g_mu.shape[0]):
+        g_mu[g] *= c
+        g_theta[g] *= c
+    if zinb:
+        for g in range(g_pi.shape[0]):
+            g_pi[g] *= c
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def _row_f32(n, x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, pi, pi_rs, zinb, want_grad,
-             out, g_mu, g_theta, g_pi) -> None:
+             gscale, out, g_mu, g_theta, g_pi) -> None:
     """Row ``n`` whole: the dense zero-case loop (:func:`_dense_row`) into row scratch, then
     the non-zero loop (:func:`_nz_row`) reading it; nothing cells x genes but the
-    gradients is written."""
+    gradients is written.  The gradient rows are multiplied by ``gscale`` (float32) while
+    still in cache."""
     n = np.int64(n)
     n_genes = x.shape[1]
     tr = n * th_rs
@@ -353,26 +364,30 @@ def _row_f32(n, x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, 
     nz = _nz_row(x[n], s0, th, lg_theta[tr if th_pre else 0], dg_theta[tr if th_pre else 0], th_pre,
                  s2, s1, s3, s4, s5, zinb, want_grad, gm, gt, gpi)
     out[n] = np.float64(_row_sum(scratch[6])) + nz
+    if want_grad and gscale != _F1:
+        _scale_rows(gm, gt, gpi, zinb, gscale)
+
 
 
 @njit(cache=True, error_model="numpy")
 def rows_f32_serial(x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, pi, pi_rs, zinb, want_grad,
-                    out, g_mu, g_theta, g_pi) -> None:
+                    gscale, out, g_mu, g_theta, g_pi) -> None:
     """Per-cell NB / ZINB sums (``out``) and gradients of float32 inputs in one pass per row
     (dense zero-case and non-zero parts), row after row.  ``th_rs``/``pi_rs``: 0 for
-    per-gene (1, G) parameters, 1 for (N, G); gradients unused without ``want_grad``."""
+    per-gene (1, G) parameters, 1 for (N, G); gradients unused without ``want_grad``, and
+    written times ``gscale`` (a float32)."""
     for n in range(x.shape[0]):
         _row_f32(n, x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, pi, pi_rs, zinb, want_grad,
-                 out, g_mu, g_theta, g_pi)
+                 gscale, out, g_mu, g_theta, g_pi)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def rows_f32_parallel(x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, pi, pi_rs, zinb, want_grad,
-                      out, g_mu, g_theta, g_pi) -> None:
+                      gscale, out, g_mu, g_theta, g_pi) -> None:
     """:func:`rows_f32_serial` with the rows split over numba's threads."""
     for n in prange(x.shape[0]):
         _row_f32(n, x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, pi, pi_rs, zinb, want_grad,
-                 out, g_mu, g_theta, g_pi)
+                 gscale, out, g_mu, g_theta, g_pi)
 
 
 def set_threads(n: int) -> int:
