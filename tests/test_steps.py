@@ -108,3 +108,36 @@ def test_plan_plain_attribute_fast_path_keeps_module_semantics():
         plan.head = 3  # as nn.Module: a child module cannot become a number
     plan.w = torch.nn.Parameter(torch.zeros(1))
     assert "w" in plan._parameters
+
+
+def test_training_freezes_the_heap_only_while_it_runs():
+    import gc
+
+    seen = []
+
+    class FreezeCount(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append(gc.get_freeze_count())
+
+    _fit([FreezeCount()])
+    assert seen and all(c > 0 for c in seen)  # the objects alive at the start are frozen
+    assert gc.get_freeze_count() == 0  # and thawed afterwards
+    gc.freeze()  # a caller's own freeze is left as it is
+    try:
+        before = gc.get_freeze_count()
+        _fit([])
+        assert before > 0 and gc.get_freeze_count() > before // 2  # not thawed by training
+    finally:
+        gc.unfreeze()
+
+
+def test_kl_rows_function_matches_torch():
+    from torch.distributions import Normal, kl_divergence
+
+    from scprob.distributions import kl_std_normal_rows
+
+    m = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    s = (torch.rand(6, 4, dtype=torch.float64) + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: kl_std_normal_rows(Normal(a, b)), (m, s))
+    ref = kl_divergence(Normal(m, s), Normal(torch.zeros_like(m), torch.ones_like(s))).sum(-1)
+    torch.testing.assert_close(kl_std_normal_rows(Normal(m, s)), ref)

@@ -11,7 +11,7 @@ from ._count import (
     log_poisson,
     log_zinb_logits,
 )
-from ._latent import LATENT_DISTRIBUTIONS, LogisticNormal, kl_std_normal, latent_transform
+from ._latent import LATENT_DISTRIBUTIONS, LogisticNormal, kl_std_normal, kl_std_normal_rows, latent_transform
 from ._more import BinarizedBernoulli, MeanBeta, NegativeBinomialMixture, ZeroInflatedLogNormal, ZeroInflatedNormal
 from .registry import available_likelihoods, get_likelihood, register_likelihood
 
@@ -30,6 +30,7 @@ __all__ = [
     "available_likelihoods",
     "get_likelihood",
     "kl_std_normal",
+    "kl_std_normal_rows",
     "latent_transform",
     "log_nb",
     "log_nb_logits",

@@ -19,6 +19,28 @@ def kl_std_normal(q: Normal) -> torch.Tensor:
     return 0.5 * (q.scale.square() + q.loc.square() - 1.0) - q.scale.log()
 
 
+class _KLStdNormalRows(torch.autograd.Function):
+    """Row sums of :func:`kl_std_normal` with the analytic gradient: d/dm = m, d/ds = s - 1/s
+    (times the incoming per-row gradient).  One graph node instead of eight."""
+
+    @staticmethod
+    def forward(ctx, loc, scale):  # type: ignore[override]
+        ctx.save_for_backward(loc, scale)
+        return (0.5 * (scale.square() + loc.square() - 1.0) - scale.log()).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        loc, scale = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        return loc * g, (scale - scale.reciprocal()) * g
+
+
+def kl_std_normal_rows(q: Normal) -> torch.Tensor:
+    """``kl_std_normal(q).sum(-1)``: the KL of a whole latent vector per cell."""
+    loc, scale = torch.broadcast_tensors(q.loc, q.scale) if q.loc.shape != q.scale.shape else (q.loc, q.scale)
+    return _KLStdNormalRows.apply(loc, scale)
+
+
 class LogisticNormal:
     """Logistic-normal: a Normal in R^d pushed through softmax onto the simplex."""
 

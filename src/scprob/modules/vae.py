@@ -43,7 +43,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from ..data.keys import Keys
-from ..distributions import NegativeBinomial, Poisson, get_likelihood, kl_std_normal, latent_transform
+from ..distributions import NegativeBinomial, Poisson, get_likelihood, kl_std_normal_rows, latent_transform
 from ..nn import DecoderSCVI, Encoder, LinearDecoderSCVI
 from .base import BaseModule, LossOutput
 
@@ -302,7 +302,7 @@ class VAE(BaseModule):
             rec = -px.log_prob_rowsum(x, nz=(tensors[Keys.X_NZ_ROWS], tensors[Keys.X_NZ_COLS]))
         else:
             rec = -(px.log_prob_rowsum(x) if hasattr(px, "log_prob_rowsum") else px.log_prob(x).sum(-1))
-        kl_z = kl_std_normal(inference_outputs["qz"]).sum(-1)  # p(z) = N(0, I)
+        kl_z = kl_std_normal_rows(inference_outputs["qz"])  # p(z) = N(0, I)
         if inference_outputs["ql"] is not None:
             kl_l = kl_divergence(inference_outputs["ql"], generative_outputs["pl"]).sum(-1)
             loss = torch.mean(rec + kl_weight * kl_z + kl_l)

@@ -56,10 +56,11 @@ def _non_finite_terms(lo: LossOutput | None) -> list[str]:
 _ONE: dict[torch.device, torch.Tensor] = {}  # the unit scale, per device (not rebuilt every step)
 
 
-def _all_finite(grads: list[torch.Tensor]) -> torch.Tensor:
-    """A 0-d bool tensor: every gradient entry is finite.  One fused kernel over all
-    gradients (the check GradScaler runs, with a unit scale: nothing is modified), where
-    the total-norm route costs a norm per tensor, a stack and a norm (~3x the time)."""
+def _all_finite(grads: list[torch.Tensor], on_host: bool = False) -> torch.Tensor | bool:
+    """Whether every gradient entry is finite: a 0-d bool tensor (no wait for the device),
+    or with ``on_host`` a bool.  One fused kernel over all gradients (the check GradScaler
+    runs, with a unit scale: nothing is modified), where the total-norm route costs a norm
+    per tensor, a stack and a norm (~3x the time)."""
     g0 = grads[0]
     if g0.dtype in (torch.float32, torch.float64) and all(g.dtype is g0.dtype for g in grads) \
             and len({g.get_device() for g in grads}) == 1:
@@ -68,8 +69,9 @@ def _all_finite(grads: list[torch.Tensor]) -> torch.Tensor:
         if one is None:
             one = _ONE[g0.device] = torch.ones(1, device=g0.device, dtype=torch.float32)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
-        return found[0] == 0
-    return torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))
+        return found.item() == 0 if on_host else found[0] == 0
+    finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))
+    return bool(finite) if on_host else finite
 
 
 def _can_fuse(params: list[torch.Tensor]) -> bool:
@@ -166,11 +168,11 @@ class TrainingPlan(pl.LightningModule):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
             return
-        finite = _all_finite(grads)
         if not self._on_device_check():
-            if not bool(finite):
+            if not _all_finite(grads, on_host=True):
                 self._raise_non_finite("gradient")
             return
+        finite = _all_finite(grads)
         flag = torch.where(finite, torch.full_like(finite, 0, dtype=torch.long), self.global_step + 1)
         self._bad_step = flag if self._bad_step is None else torch.where(self._bad_step > 0, self._bad_step, flag)
 

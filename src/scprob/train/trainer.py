@@ -7,6 +7,7 @@ Lightning is what lets a user move from one CPU to many GPUs or nodes: ``acceler
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import warnings
 
@@ -287,6 +288,23 @@ def run_training(
         group = group_size(plan, train_loader, trainer, trainer_kwargs)
         if group > 1:
             train_loader = StepGroups(train_loader, group)
-        trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader if has_val else None,
-                    ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+        with _frozen_heap():
+            trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader if has_val else None,
+                        ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     return trainer
+
+
+@contextlib.contextmanager
+def _frozen_heap():
+    """Python's cyclic collector ignores the objects alive when training starts (``gc.freeze``)
+    until it ends.  Its full collections otherwise rescan all of them (the data, torch,
+    Lightning: ~0.5M objects, ~0.2 s each) every few hundred steps, for nothing: training
+    creates few long-lived objects.  Left alone when the caller froze the heap already."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
