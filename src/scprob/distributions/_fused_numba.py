@@ -368,7 +368,6 @@ def _row_f32(n, x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, 
         _scale_rows(gm, gt, gpi, zinb, gscale)
 
 
-
 @njit(cache=True, error_model="numpy")
 def rows_f32_serial(x, log_mu, log_theta, theta, th_rs, lg_theta, dg_theta, th_pre, pi, pi_rs, zinb, want_grad,
                     gscale, out, g_mu, g_theta, g_pi) -> None:

@@ -12,11 +12,15 @@ from torch.distributions import Normal
 LATENT_DISTRIBUTIONS = ("normal", "ln")
 
 
+def _kl_std_normal(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (scale.square() + loc.square() - 1.0) - scale.log()
+
+
 def kl_std_normal(q: Normal) -> torch.Tensor:
     """Elementwise KL(N(m, s^2) || N(0, 1)) = (s^2 + m^2 - 1) / 2 - log s: the KL term of a
     standard-normal prior in fewer kernels than ``kl_divergence`` against an explicit
     N(0, 1) (no division by or subtraction of the prior's parameters)."""
-    return 0.5 * (q.scale.square() + q.loc.square() - 1.0) - q.scale.log()
+    return _kl_std_normal(q.loc, q.scale)
 
 
 class _KLStdNormalRows(torch.autograd.Function):
@@ -26,7 +30,7 @@ class _KLStdNormalRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, loc, scale):  # type: ignore[override]
         ctx.save_for_backward(loc, scale)
-        return (0.5 * (scale.square() + loc.square() - 1.0) - scale.log()).sum(-1)
+        return _kl_std_normal(loc, scale).sum(-1)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]

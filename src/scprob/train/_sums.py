@@ -4,7 +4,7 @@ A step hands over its :class:`~scprob.modules.base.LossOutput`; the per-cell ter
 kept (detached) in pending lists and folded into device sums once every ``fold_every``
 steps by one concatenation and one sum per slot.  Summing them per step cost ~12 small
 kernels (~0.1 ms of a 5 ms CPU step); the sums are the same up to the order of float
-additions.  Nothing is read back to the host until :meth:`EpochSums.totals`.
+additions.  Nothing is read back to the host until :meth:`EpochSums.core`.
 """
 
 from __future__ import annotations

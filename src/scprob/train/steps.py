@@ -68,6 +68,12 @@ class StepGroups:
         return getattr(self.loader, name)
 
 
+def _watched(hooks: tuple[str, ...], plan, plan_parent: type, callbacks: list) -> bool:
+    """Whether the plan (beyond ``plan_parent``) or a callback overrides one of ``hooks``."""
+    return any(is_overridden(h, plan, parent=plan_parent) for h in hooks) or any(
+        is_overridden(h, cb, parent=Callback) for cb in callbacks for h in hooks)
+
+
 def minibatches(batch) -> Iterable:
     """The minibatches a ``training_step`` received: a group's, or the batch itself."""
     return batch if isinstance(batch, StepGroup) else (batch,)
@@ -86,8 +92,7 @@ def group_size(plan, train_loader, trainer, trainer_kwargs: dict) -> int:
         or type(plan).training_step is not TrainingPlan.training_step  # a plan with its own loop
         or type(trainer.strategy) is not SingleDeviceStrategy
         or any(trainer_kwargs.get(k) is not None for k in _BATCH_COUNTING)
-        or any(is_overridden(h, plan, parent=TrainingPlan) for h in _BATCH_HOOKS)
-        or any(is_overridden(h, cb, parent=Callback) for cb in trainer.callbacks for h in _BATCH_HOOKS)
+        or _watched(_BATCH_HOOKS, plan, TrainingPlan, trainer.callbacks)
         or not hasattr(train_loader, "__len__")
     ):
         return 1
@@ -106,6 +111,6 @@ def direct_backward(plan) -> bool:
         type(trainer.strategy) is SingleDeviceStrategy
         and type(trainer.precision_plugin) is Precision
         and isinstance(trainer.profiler, PassThroughProfiler)
-        and not any(is_overridden(h, plan, parent=pl.LightningModule) for h in (*_BACKWARD_HOOKS, "backward"))
-        and not any(is_overridden(h, cb, parent=Callback) for cb in trainer.callbacks for h in _BACKWARD_HOOKS)
+        and not is_overridden("backward", plan, parent=pl.LightningModule)
+        and not _watched(_BACKWARD_HOOKS, plan, pl.LightningModule, trainer.callbacks)
     )
