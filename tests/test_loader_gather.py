@@ -30,6 +30,18 @@ def test_numba_gather_equals_tensor_path():
 
 
 @pytest.mark.parametrize("path", ["numba", "tensor"])
+def test_int32_offsets_are_used_in_place(path):
+    X = _csr()
+    X.indptr = X.indptr.astype(np.int32)
+    r = CSRRows(X)
+    assert r.indptr.dtype == torch.int32 and r.indptr.data_ptr() == X.indptr.ctypes.data  # no per-cell copy
+    if path == "tensor":
+        r._gather = None
+    idx = torch.tensor([3, 7, 0, 49, 3])
+    np.testing.assert_array_equal(r[idx].numpy(), X[idx.numpy()].toarray())
+
+
+@pytest.mark.parametrize("path", ["numba", "tensor"])
 def test_out_of_range_index_is_refused(path):
     r = CSRRows(_csr())
     if path == "tensor":

@@ -247,3 +247,21 @@ def test_regression_bad_input():
     PyroRegression.setup_anndata(adata, covariate_key="time", layer="log")
     with pytest.raises(Exception, match="non-finite value at cell 'c3', gene 'g2'"):
         PyroRegression(adata)
+
+
+def test_pyro_and_networkx_are_imported_on_first_use():
+    """``import scprob`` leaves Pyro (and networkx, for GLUE's graphs) unimported; the Pyro
+    models still come from ``scprob.models`` / ``scprob.modules`` by name."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, scprob, scprob.models, scprob.modules\n"
+        "assert 'pyro' not in sys.modules and 'networkx' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('pyro', 'networkx')))[:3]\n"
+        "from scprob.models import PyroSCVI, PyroRegression\n"
+        "from scprob.modules import PyroVAE, PyroRegressionModule, NegativeBinomialRows\n"
+        "assert PyroSCVI.__module__ == 'scprob.models.pyro_scvi' and 'pyro' in sys.modules\n"
+        "try:\n    scprob.models.NoSuchModel\nexcept AttributeError as e:\n    assert 'NoSuchModel' in str(e)\nelse:\n    raise SystemExit('no AttributeError')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -91,6 +91,7 @@ def test_normal_likelihood_on_continuous_data():
     [
         (dict(), dict(batch_key="batch")),
         (dict(dispersion="gene-label", gene_likelihood="nb"), dict(batch_key="batch", labels_key="cell_type")),
+        (dict(dispersion="gene-label"), dict(batch_key="batch")),  # no labels_key: one label, no labels column
         (dict(encode_covariates=True, n_layers=2), dict(batch_key="batch", categorical_covariate_keys=["cat1"], continuous_covariate_keys=["cont1"])),
         (dict(use_observed_lib_size=False), dict(batch_key="batch")),
         (dict(), dict(size_factor_key="sf")),

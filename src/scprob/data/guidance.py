@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import gzip
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 import pandas as pd
 
 from .validate import DataError
+
+if TYPE_CHECKING:
+    import networkx
 
 __all__ = [
     "as_edge_table",
@@ -277,7 +281,7 @@ def rna_anchored_guidance_graph(
     extend_fn: Callable = dist_power_decay,
     signs: Sequence[int] | None = None,
     propagate_highly_variable: bool = True,
-) -> nx.MultiDiGraph:
+) -> networkx.MultiDiGraph:
     """Guidance graph linking each gene of ``rna`` to the features of ``others`` near its region.
 
     A gene's region is its body (``"gene_body"``), the ``promoter_len`` bp upstream of its
@@ -315,6 +319,8 @@ def rna_anchored_guidance_graph(
             raise DataError(f"rna.var['highly_variable'] has missing values at gene(s) {_first(rna.var_names[col.isna().to_numpy()])}")
         hvg = col.reindex(genes.index).to_numpy(dtype=bool)
 
+    import networkx as nx  # ~11 MB and 0.1 s: imported when a graph is built, not with scprob
+
     graph = nx.MultiDiGraph()
     for ad in (rna, *others):
         graph.add_nodes_from(ad.var_names)
@@ -332,6 +338,13 @@ def rna_anchored_guidance_graph(
     return graph
 
 
+def _is_nx_graph(obj) -> bool:
+    """Whether ``obj`` is a networkx graph, without importing networkx (no object can be
+    one while networkx is not imported)."""
+    nx = sys.modules.get("networkx")
+    return nx is not None and isinstance(obj, nx.Graph)
+
+
 def _raw_edge_table(graph) -> pd.DataFrame:
     """Edges as ``source, target, weight, sign`` with defaults filled, before any value checks."""
     if isinstance(graph, pd.DataFrame):
@@ -342,7 +355,7 @@ def _raw_edge_table(graph) -> pd.DataFrame:
         df["weight"] = graph["weight"] if "weight" in graph.columns else 1.0
         df["sign"] = graph["sign"] if "sign" in graph.columns else 1
         return df
-    if not isinstance(graph, nx.Graph):
+    if not _is_nx_graph(graph):
         raise DataError(f"graph must be a networkx graph or a DataFrame with source/target columns, got {type(graph).__name__}.")
     edges = [(u, v, d.get("weight", 1.0), d.get("sign", 1)) for u, v, d in graph.edges(data=True)]
     if not graph.is_directed():
@@ -404,7 +417,7 @@ def check_graph(graph, adatas_or_features: Iterable, cov: str = "error", attr: s
         if level not in _LEVELS:
             raise DataError(f"{name} must be one of {_LEVELS}, got {level!r}.")
     df = _raw_edge_table(graph)
-    vertices = set(graph.nodes) if isinstance(graph, nx.Graph) else set(df["source"]) | set(df["target"])
+    vertices = set(graph.nodes) if _is_nx_graph(graph) else set(df["source"]) | set(df["target"])
     if cov != "ignore":
         lines = []
         for i, item in enumerate(adatas_or_features):

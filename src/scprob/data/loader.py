@@ -42,8 +42,10 @@ class CSRRows:
     def __init__(self, X: sp.spmatrix, device: str | torch.device = "cpu"):
         X = X if sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array) else sp.csr_matrix(X)
         self.shape = X.shape
-        self.indptr = _as_tensor(X.indptr.astype(np.int64), torch.int64).to(device)
-        # zero-copy views of the AnnData's arrays on the CPU (int32 indices index fine)
+        # the AnnData's own arrays where their dtypes serve (no per-cell copy): int32 or int64
+        # offsets index fine, both in the numba kernel and in the tensor gather
+        indptr = X.indptr if X.indptr.dtype in (np.int32, np.int64) else X.indptr.astype(np.int64)
+        self.indptr = torch.from_numpy(np.ascontiguousarray(indptr)).to(device)
         self.indices = torch.from_numpy(X.indices).to(device)
         self.data = torch.from_numpy(X.data.astype(np.float32, copy=False)).to(device)
         self._gather = _numba_gather() if self.data.device.type == "cpu" else None
@@ -204,7 +206,8 @@ class BatchLoader:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             n, want = idx.shape[0], self.n_samples_per_epoch or idx.shape[0]
             reps = -(-want // n)
-            idx = torch.cat([idx[torch.randperm(n, generator=g)] for _ in range(reps)])[:want]
+            perms = [idx[torch.randperm(n, generator=g)] for _ in range(reps)]
+            idx = (perms[0] if reps == 1 else torch.cat(perms))[:want]  # one epoch: no copy of the order
         if self._distributed():
             world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
             per_rank = -(-idx.shape[0] // world)

@@ -164,10 +164,8 @@ def obs_arrays(adata, registry: dict) -> dict[str, np.ndarray]:
         if bk
         else np.zeros(n, dtype=np.int64)
     )[:, None]
-    if lk and lk in adata.obs.columns:
+    if lk and lk in adata.obs.columns:  # no labels: no column (all cells are label 0 to the modules)
         out[Keys.LABELS] = _codes(adata.obs[lk], registry["label_categories"], f"labels_key adata.obs[{lk!r}]", adata)[:, None]
-    else:
-        out[Keys.LABELS] = np.zeros((n, 1), dtype=np.int64)
     if args["categorical_covariate_keys"]:
         out[Keys.CAT_COVS] = np.stack(
             [

@@ -277,6 +277,7 @@ class VAE(BaseModule):
         elif self.dispersion == "gene-batch":
             px_r = F.linear(F.one_hot(batch_index.reshape(-1), self.n_batch).float(), self.px_r)
         elif self.dispersion == "gene-label":
+            y = torch.zeros_like(batch_index) if y is None else y  # no labels_key: one label
             px_r = F.linear(F.one_hot(y.reshape(-1), self.n_labels).float(), self.px_r)
         else:
             px_r = r
