@@ -309,3 +309,25 @@ def test_float32_kernel_propagates_non_finite_inputs():
     v = nb_log_prob_rowsum(x, lm, lt.detach(), pi.detach())
     assert torch.isnan(v[0]) and not torch.isfinite(v[2])
     assert torch.isfinite(v[[1, 3]]).all()
+
+
+@pytest.mark.skipif(not _fused.numba_available(), reason="numba not installed")
+def test_float32_kernel_exponential_over_its_whole_range():
+    """The kernel's own exp (2^k written into the exponent field) against float64 exp on
+    [-87, 0], clamped below -87, NaN kept."""
+    import numpy as np
+    from numba import njit
+
+    from scprob.distributions._fused_numba import _exp_neg
+
+    @njit
+    def apply(v, out):
+        for i in range(v.shape[0]):
+            out[i] = _exp_neg(v[i])
+
+    v = np.concatenate([np.linspace(-87.0, 0.0, 200_001), [-0.0, -1e-30, -87.5, -1e4, -np.inf, np.nan]]).astype(np.float32)
+    out = np.empty_like(v)
+    apply(v, out)
+    ref = np.exp(v[:-4].astype(np.float64))
+    assert np.max(np.abs(out[:-4] - ref) / ref) < 3e-7
+    assert np.all(out[-4:-1] == out[0]) and np.isnan(out[-1])  # below -87: exp(-87)
