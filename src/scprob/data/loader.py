@@ -59,13 +59,15 @@ class CSRRows:
     def gather(self, idx: torch.Tensor, with_nz: bool = False) -> tuple[torch.Tensor, tuple | None]:
         """Dense rows ``idx`` and, with ``with_nz`` on the tensor path, the coordinates
         ``(rows, cols)`` of their positive entries (the gather computes them anyway)."""
-        # the numba kernel reads unchecked; on a GPU the loader's own indices are trusted (no sync)
+        if self._gather is not None:  # the kernel checks the indices itself
+            out = np.empty((idx.shape[0], self.shape[1]), dtype=np.float32)
+            bad = self._gather(self.indptr.numpy(), self.indices.numpy(), self.data.numpy(), idx.numpy(), out)
+            if bad >= 0:
+                raise IndexError(f"cell index {int(idx[bad])} out of range for {self.shape[0]} cells")
+            return torch.from_numpy(out), None
+        # on a GPU the loader's own indices are trusted (no sync)
         if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.shape[0]):
             raise IndexError(f"cell index out of range for {self.shape[0]} cells")
-        if self._gather is not None:
-            out = np.zeros((idx.shape[0], self.shape[1]), dtype=np.float32)
-            self._gather(self.indptr.numpy(), self.indices.numpy(), self.data.numpy(), idx.numpy(), out)
-            return torch.from_numpy(out), None
         starts = self.indptr[idx]
         lens = self.indptr[idx + 1] - starts
         out = torch.zeros(idx.shape[0], self.shape[1], dtype=torch.float32, device=self.data.device)
