@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback
 
 from scprob.models import SCVI
 from scprob.modules.base import LossOutput
-from scprob.train import steps
+from scprob.train import NonFiniteLossError, steps
 from scprob.train._sums import EpochSums
 from tests.conftest import make_counts
 
@@ -18,11 +18,12 @@ class Seen(Callback):
     """Records Lightning's view of the run (epoch hooks only: grouping stays on)."""
 
     def __init__(self):
-        self.n_batches, self.global_step, self.direct = [], None, None
+        self.n_batches, self.global_step, self.direct, self.direct_step = [], None, None, None
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.n_batches.append(trainer.num_training_batches)
         self.global_step, self.direct = trainer.global_step, pl_module._direct_backward
+        self.direct_step = pl_module._direct_step is not None
 
 
 class CountBatches(Callback):
@@ -72,6 +73,57 @@ def test_backward_goes_through_lightning_when_a_hook_watches():
     assert seen.direct is True
     _fit([seen, counter])
     assert seen.direct is False and counter.backwards > 0
+
+
+class BeforeStep(Callback):
+    def __init__(self):
+        self.calls = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.calls += 1
+
+
+def test_direct_optimizer_step_trains_exactly_as_lightnings():
+    """The direct step (progress count, gradient check, update) against Lightning's
+    ``LightningOptimizer.step``, which a callback's ``on_before_optimizer_step`` brings back."""
+    seen, watcher = Seen(), BeforeStep()
+    direct = _fit([seen])
+    lightning = _fit([watcher])
+    assert seen.direct_step
+    assert watcher.calls == 3 * math.ceil(270 / 32)  # Lightning's path: the hook ran every step
+    for k, v in direct.module.state_dict().items():
+        assert torch.equal(v, lightning.module.state_dict()[k]), k
+    assert direct.history["elbo_validation"].iloc[:, 0].tolist() == lightning.history["elbo_validation"].iloc[:, 0].tolist()
+
+
+def test_direct_optimizer_step_keeps_step_hooks_lr_schedulers_and_the_gradient_check():
+    """Torch step hooks and an LR scheduler's step tracking send each step through the
+    optimizer's own ``step``; a non-finite gradient still stops training by name."""
+    calls = []
+
+    class HookOnStart(Callback):
+        def on_train_start(self, trainer, pl_module):
+            trainer.optimizers[0].register_step_post_hook(lambda opt, args, kwargs: calls.append(1))
+
+    seen = Seen()
+    model = _fit([seen, HookOnStart()])
+    assert seen.direct_step and len(calls) == seen.global_step == 3 * math.ceil(270 / 32)
+    model = _fit([], plan_kwargs=dict(reduce_lr_on_plateau=True, lr_patience=1))
+    assert len(model.history["lr"]) == 3
+
+    direct = []
+
+    class NaNGradient(Callback):  # a finite loss whose gradient is not: only the gradient check sees it
+        def on_train_start(self, trainer, pl_module):
+            def poison(g):
+                direct.append(pl_module._direct_step is not None)
+                return g * float("nan")
+
+            next(pl_module.module.parameters()).register_hook(poison)
+
+    with pytest.raises(NonFiniteLossError, match="gradient is not finite"):
+        _fit([NaNGradient()])
+    assert direct == [True]  # stopped at the first step, taken on the direct path
 
 
 def test_epoch_sums_fold_every_k_steps():

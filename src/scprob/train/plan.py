@@ -30,7 +30,7 @@ from ..data.keys import Keys
 from ..modules.base import LossOutput
 from ._sums import EpochSums
 from .optim import Adam, AdamW
-from .steps import direct_backward, minibatches
+from .steps import direct_backward, direct_optimizer_step, minibatches
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -113,6 +113,7 @@ class TrainingPlan(pl.LightningModule):
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._acc: dict = {}
         self._direct_backward = False
+        self._direct_step = None
 
     def __setattr__(self, name: str, value) -> None:
         # Lightning rewrites plain attributes (``_current_fx_name``, ...) around every hook,
@@ -158,6 +159,7 @@ class TrainingPlan(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._direct_backward = direct_backward(self)
+        self._direct_step = direct_optimizer_step(self)
 
     def on_train_epoch_start(self) -> None:
         self._bad_step = None
@@ -241,7 +243,10 @@ class TrainingPlan(pl.LightningModule):
         else:
             self.manual_backward(loss)
         self._clip(opt)
-        opt.step()
+        if self._direct_step is not None:
+            self._direct_step(opt)
+        else:
+            opt.step()
 
     def _clip(self, opt) -> None:
         """Clip ``opt``'s gradients when ``gradient_clip_val`` is set (manual optimization:
@@ -458,7 +463,10 @@ class PyroTrainingPlan(TrainingPlan):
                 if p.grad is not None:
                     p.grad.mul_(scale)
         self._clip(opt)
-        opt.step()
+        if self._direct_step is not None:
+            self._direct_step(opt)
+        else:
+            opt.step()
         self._record("train", torch.as_tensor(_first(value) * scale, device=self.device, dtype=torch.float32), n_batch)
         return None
 

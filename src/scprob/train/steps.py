@@ -18,13 +18,18 @@ Likewise, ``manual_backward`` walks four hooks (``on_before_backward``,
 ``on_after_backward``, for callbacks and the module) through the strategy and the
 precision plugin around ``loss.backward()``.  With one device, 32-bit precision, no
 profiler and none of those hooks overridden that is exactly ``loss.backward()``, which
-:func:`direct_backward` says the plan may then call itself.
+:func:`direct_backward` says the plan may then call itself.  And ``LightningOptimizer.step``
+goes through the strategy, the precision plugin, a closure, the callbacks' and the plan's
+``on_before_optimizer_step`` and torch's per-class step wrapper (profiler record, step
+hooks): ~0.14 ms a step on a CPU, 3% of a scVI step.  When none of that adds anything,
+:func:`direct_optimizer_step` gives the plan a step that does what they amount to: count
+the step in Lightning's progress (``global_step``), run the plan's gradient check, update.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -34,6 +39,7 @@ GROUP_SIZE = 16
 _BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
 _BATCH_COUNTING = ("limit_train_batches", "val_check_interval")
 _BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
+_STEP_HOOKS = ("on_before_optimizer_step",)
 
 
 class StepGroup:
@@ -99,18 +105,78 @@ def group_size(plan, train_loader, trainer, trainer_kwargs: dict) -> int:
     return GROUP_SIZE
 
 
-def direct_backward(plan) -> bool:
-    """Whether ``plan.manual_backward(loss)`` amounts to ``loss.backward()`` in this fit."""
-    import lightning.pytorch as pl
+def _plain_trainer(trainer) -> bool:
+    """One device, 32-bit precision, no profiler: the strategy and the precision plugin pass
+    backward and optimizer steps through unchanged."""
     from lightning.pytorch.plugins.precision import Precision
     from lightning.pytorch.profilers import PassThroughProfiler
     from lightning.pytorch.strategies import SingleDeviceStrategy
 
-    trainer = plan.trainer
     return (
         type(trainer.strategy) is SingleDeviceStrategy
         and type(trainer.precision_plugin) is Precision
         and isinstance(trainer.profiler, PassThroughProfiler)
+    )
+
+
+def direct_backward(plan) -> bool:
+    """Whether ``plan.manual_backward(loss)`` amounts to ``loss.backward()`` in this fit."""
+    import lightning.pytorch as pl
+
+    trainer = plan.trainer
+    return (
+        _plain_trainer(trainer)
         and not is_overridden("backward", plan, parent=pl.LightningModule)
         and not _watched(_BACKWARD_HOOKS, plan, pl.LightningModule, trainer.callbacks)
     )
+
+
+def _plain_optimizer(opt) -> bool:
+    """scprob's Adam / AdamW with nothing around its step: no per-instance wrapper (an LR
+    scheduler's step tracking, a user's patch), no torch step hooks, no torch profiler."""
+    import torch
+    from torch.optim import optimizer as torch_optimizer
+
+    from .optim import Adam, AdamW
+
+    return (
+        isinstance(opt, (Adam, AdamW))
+        and "step" not in vars(opt)
+        and not opt._optimizer_step_pre_hooks
+        and not opt._optimizer_step_post_hooks
+        and not torch_optimizer._global_optimizer_pre_hooks
+        and not torch_optimizer._global_optimizer_post_hooks
+        and not torch.autograd.profiler._is_profiler_enabled
+    )
+
+
+def direct_optimizer_step(plan) -> Callable | None:
+    """A function ``step(lightning_optimizer)`` doing what ``lightning_optimizer.step()``
+    amounts to in this fit of ``plan`` (manual optimization), or None when Lightning's path
+    must run: its progress count (``global_step``), the plan's ``on_before_optimizer_step``
+    (the gradient check), the optimizer's update.  An optimizer that is not plain
+    (:func:`_plain_optimizer`, checked at every step) takes ``lightning_optimizer.step()``."""
+    from .plan import TrainingPlan
+
+    trainer = plan.trainer
+    if (
+        plan.automatic_optimization
+        or not _plain_trainer(trainer)
+        or type(plan).on_before_optimizer_step is not TrainingPlan.on_before_optimizer_step
+        or any(is_overridden(h, cb, parent=Callback) for cb in trainer.callbacks for h in _STEP_HOOKS)
+    ):
+        return None
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+
+    def step(lightning_optimizer) -> None:
+        opt = lightning_optimizer.optimizer
+        if not _plain_optimizer(opt):
+            lightning_optimizer.step()
+            return
+        progress.increment_ready()
+        plan.on_before_optimizer_step(opt)
+        if not opt._direct(opt):  # a case the direct update does not cover: the full step
+            type(opt).step(opt)
+        progress.increment_completed()
+
+    return step
