@@ -243,6 +243,10 @@ class TrainingPlan(pl.LightningModule):
         else:
             self.manual_backward(loss)
         self._clip(opt)
+        self._step(opt)
+
+    def _step(self, opt) -> None:
+        """``opt.step()``, or the direct step that amounts to it in this fit (:mod:`.steps`)."""
         if self._direct_step is not None:
             self._direct_step(opt)
         else:
@@ -463,10 +467,7 @@ class PyroTrainingPlan(TrainingPlan):
                 if p.grad is not None:
                     p.grad.mul_(scale)
         self._clip(opt)
-        if self._direct_step is not None:
-            self._direct_step(opt)
-        else:
-            opt.step()
+        self._step(opt)
         self._record("train", torch.as_tensor(_first(value) * scale, device=self.device, dtype=torch.float32), n_batch)
         return None
 

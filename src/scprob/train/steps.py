@@ -31,8 +31,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.optim import optimizer as torch_optimizer
+
+from .optim import Adam, AdamW
 
 #: minibatches per Lightning batch when grouping applies
 GROUP_SIZE = 16
@@ -134,11 +138,6 @@ def direct_backward(plan) -> bool:
 def _plain_optimizer(opt) -> bool:
     """scprob's Adam / AdamW with nothing around its step: no per-instance wrapper (an LR
     scheduler's step tracking, a user's patch), no torch step hooks, no torch profiler."""
-    import torch
-    from torch.optim import optimizer as torch_optimizer
-
-    from .optim import Adam, AdamW
-
     return (
         isinstance(opt, (Adam, AdamW))
         and "step" not in vars(opt)
@@ -162,8 +161,7 @@ def direct_optimizer_step(plan) -> Callable | None:
     if (
         plan.automatic_optimization
         or not _plain_trainer(trainer)
-        or type(plan).on_before_optimizer_step is not TrainingPlan.on_before_optimizer_step
-        or any(is_overridden(h, cb, parent=Callback) for cb in trainer.callbacks for h in _STEP_HOOKS)
+        or _watched(_STEP_HOOKS, plan, TrainingPlan, trainer.callbacks)
     ):
         return None
     progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
