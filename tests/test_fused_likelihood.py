@@ -331,3 +331,24 @@ def test_float32_kernel_exponential_over_its_whole_range():
     ref = np.exp(v[:-4].astype(np.float64))
     assert np.max(np.abs(out[:-4] - ref) / ref) < 3e-7
     assert np.all(out[-4:-1] == out[0]) and np.isnan(out[-1])  # below -87: exp(-87)
+
+
+@pytest.mark.skipif(not _fused.numba_available(), reason="numba not installed")
+def test_dense_loop_function_asks_for_wide_vectors_only_itself():
+    """The dense zero-case loop is compiled as its own function marked
+    ``"prefer-vector-width"="512"`` (so 512-bit registers where the CPU has them); a
+    numba function that does not call the marker keeps LLVM's default."""
+    import numpy as np
+    from numba import njit
+
+    from scprob.distributions._fused_numba import _FAST, _dense_row, _row_sum
+
+    dense = njit(error_model="numpy", fastmath=_FAST)(_dense_row.py_func)
+    total = njit(error_model="numpy", fastmath=_FAST)(_row_sum.py_func)
+    rows = [np.full(8, v, dtype=np.float32) for v in (0.5, 0.1, 2.0, -1.0)]
+    outs = [np.empty(8, dtype=np.float32) for _ in range(10)]
+    dense(rows[0], rows[1], rows[2], rows[3], True, True, *outs)
+    assert total(outs[-1]) == pytest.approx(8 * float(outs[-1][0]))
+    ir_dense = next(iter(dense.inspect_llvm().values()))
+    assert '"prefer-vector-width"="512"' in ir_dense
+    assert "prefer-vector-width" not in next(iter(total.inspect_llvm().values()))

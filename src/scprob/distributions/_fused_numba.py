@@ -256,6 +256,25 @@ def _pow2(typingctx, k):
     return numba_types.float32(numba_types.int32), codegen
 
 
+@intrinsic
+def _wide_vectors(typingctx):
+    """Mark the calling function ``"prefer-vector-width"="512"`` and ``noinline``: on CPUs
+    with AVX-512, LLVM then vectorises that function's loops with 512-bit registers (it
+    prefers 256 by default), and only that function's (numba's process-wide
+    ``NUMBA_CPU_FEATURES`` would recompile every numba library).  The dense loop: 550 ->
+    460 us per 128 x 1,000 batch, bit-identical (element-wise; the row sum stays outside).
+    ``noinline`` keeps the loop out of callers that lack the attribute.  Elsewhere the
+    attribute is ignored.  llvmlite validates attribute names against a fixed list that
+    has no string attributes, hence ``set.add``."""
+    def codegen(context, builder, signature, args):
+        attrs = builder.function.attributes
+        set.add(attrs, '"prefer-vector-width"="512"')
+        set.add(attrs, "noinline")
+        return context.get_dummy_value()
+
+    return numba_types.none(), codegen
+
+
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
 def _exp_neg(v):
     """``exp(v)`` for ``v <= 0`` in float32 without a libm call (so that loops over it
@@ -305,6 +324,7 @@ def _dense_row(log_mu, log_theta, theta, pi, zinb, want_grad, logits, sp, sig, a
     ``softplus(v) = max(v, 0) + log1p(e)``, ``sigmoid(v) = 1/(1+e)`` or ``e/(1+e)`` with
     ``e = exp(-|v|)``, ``logaddexp(pi, A) = max + log1p(exp(-|pi - A|))`` and
     ``e^(A - z)`` is the sigmoid of ``A - pi``."""
+    _wide_vectors()
     for g in range(log_mu.shape[0]):
         lv = log_mu[g] - log_theta[g]
         t = theta[g]
