@@ -65,7 +65,8 @@ def test_tensor_gather_gives_the_nonzero_coordinates_and_the_loss_uses_them():
     r = CSRRows(X)
     r._gather = None  # the tensor path (a GPU's)
     idx = torch.tensor([5, 7, 1, 1, 30])
-    dense, (rows, cols) = r.gather(idx, with_nz=True)
+    dense, nz = r.gather(idx, with_nz=True)
+    rows, cols = nz[Keys.X_NZ_ROWS], nz[Keys.X_NZ_COLS]
     ref_rows, ref_cols = (dense > 0).nonzero(as_tuple=True)
     assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(zip(ref_rows.tolist(), ref_cols.tolist()))
 
@@ -143,3 +144,57 @@ def test_gpu_style_step_equals_the_cpu_one():
     torch.testing.assert_close(out["gpu"][0], out["cpu"][0], rtol=1e-5, atol=1e-4)
     for g_gpu, g_cpu in zip(out["gpu"][1], out["cpu"][1]):
         torch.testing.assert_close(g_gpu, g_cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_numba_gather_writes_log1p_and_totals():
+    """The kernel's log1p(X) equals torch.log1p of the dense rows (exactly for integer
+    counts, which take the table built with torch; to rounding for other values), and its
+    totals equal the dense row sums."""
+    from scprob.data.keys import Keys
+
+    X = _csr()
+    X.data[:6] = [4095.0, 4096.0, 70000.0, 0.5, 2.25, 1e-7]  # table edge, beyond it, non-integers
+    r = CSRRows(X)
+    if r._gather is None:
+        pytest.skip("numba not installed")
+    idx = torch.tensor([0, 7, 7, 3, 49, 0])
+    dense, extra = r.gather(idx, with_log1p=True)
+    assert torch.equal(dense, r[idx])
+    ref = torch.log1p(dense)
+    got = extra[Keys.X_LOG1P]
+    counts = dense == dense.round()
+    assert torch.equal(got[counts], ref[counts])
+    torch.testing.assert_close(got, ref, rtol=2e-7, atol=0)
+    torch.testing.assert_close(extra[Keys.X_TOTAL], dense.sum(1, keepdim=True), rtol=1e-6, atol=0)
+    assert extra[Keys.X_TOTAL].shape == (6, 1)
+    assert r.gather(idx)[1] == {}  # not asked for: nothing extra
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_scvi_store_gives_log1p_and_the_loss_is_unchanged(normalize):
+    """SCVI's store hands the encoder log1p(X) and the totals from the gather when the
+    encoder reads log1p(x) as is (not with normalize_encoder_input); the loss is the same
+    to the bit as computing them from x."""
+    import scprob
+    from scprob.data.keys import Keys
+    from scprob.models import SCVI
+
+    from .conftest import make_counts
+
+    scprob.settings.seed = 0
+    a = make_counts(n_cells=40, n_genes=12)
+    SCVI.setup_anndata(a)
+    m = SCVI(a, n_hidden=8, n_latent=2, normalize_encoder_input=normalize)
+    store = m._store()
+    if store.x._gather is None:
+        pytest.skip("numba not installed")
+    batch = store[torch.arange(16)]
+    assert (Keys.X_LOG1P in batch) is (not normalize)
+    plain = {k: v for k, v in batch.items() if k not in (Keys.X_LOG1P, Keys.X_TOTAL)}
+    m.module.eval()
+    torch.manual_seed(1)
+    with_extra = m.module(batch)[2]
+    torch.manual_seed(1)
+    without = m.module(plain)[2]
+    assert torch.equal(with_extra.loss, without.loss)
+    assert torch.equal(with_extra.reconstruction_loss, without.reconstruction_loss)

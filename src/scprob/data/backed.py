@@ -22,8 +22,8 @@ from .validate import get_matrix
 class BackedStore(TensorStore):
     """Obs tensors in memory; X read from disk by row ranges."""
 
-    def __init__(self, adata, registry: dict, device: str | torch.device = "cpu"):
-        super().__init__(adata, registry, device=device, load_x=False)
+    def __init__(self, adata, registry: dict, device: str | torch.device = "cpu", x_log1p: bool = False):
+        super().__init__(adata, registry, device=device, load_x=False, x_log1p=x_log1p)
         self.index_device = torch.device("cpu")  # rows are read from disk on the host
         self.X = get_matrix(adata, registry["setup_args"]["layer"])
 
@@ -43,7 +43,8 @@ class BackedStore(TensorStore):
         uniq, inverse = np.unique(idx_np, return_inverse=True)
         block = self.read_rows(uniq)
         batch = {k: v[idx.to(self.device)] for k, v in self.tensors.items()}
-        batch[Keys.X] = block[torch.as_tensor(inverse, device=self.device)]
+        batch[Keys.X], extra = block.gather(torch.as_tensor(inverse, device=self.device), with_log1p=self.x_log1p)
+        batch.update(extra)
         batch[Keys.INDICES] = idx.to(self.device)
         return batch
 
@@ -90,6 +91,7 @@ class ChunkedLoader:
                     pos = torch.as_tensor(local[b * self.batch_size : (b + 1) * self.batch_size])
                     glob = torch.as_tensor(rows[pos.numpy()])
                     batch = {key: v[glob.to(self.store.device)] for key, v in self.store.tensors.items()}
-                    batch[Keys.X] = block[pos.to(self.store.device)]
+                    batch[Keys.X], extra = block.gather(pos.to(self.store.device), with_log1p=self.store.x_log1p)
+                    batch.update(extra)
                     batch[Keys.INDICES] = glob
                     yield batch

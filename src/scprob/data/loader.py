@@ -23,6 +23,16 @@ def _as_tensor(a: np.ndarray, dtype) -> torch.Tensor:
 
 
 _PADDED_MAX = 1 << 26  # slots of the fixed-width GPU gather above which the exact-size one runs
+_NONE_1D, _NONE_2D = np.empty(0, dtype=np.float32), np.empty((0, 1), dtype=np.float32)  # unused kernel outputs
+_LOG1P_TABLE: list[np.ndarray] = []
+
+
+def _log1p_table(size: int = 4096) -> np.ndarray:
+    """``torch.log1p(k)`` for the counts ``k < size``, float32: the gather kernel's ``log1p``
+    of integer counts, equal to what ``torch.log1p`` gives on a dense batch."""
+    if not _LOG1P_TABLE:
+        _LOG1P_TABLE.append(torch.log1p(torch.arange(size, dtype=torch.float32)).numpy())
+    return _LOG1P_TABLE[0]
 
 
 def _numba_gather():
@@ -56,36 +66,44 @@ class CSRRows:
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
         return self.gather(idx)[0]
 
-    def gather(self, idx: torch.Tensor, with_nz: bool = False) -> tuple[torch.Tensor, tuple | None]:
-        """Dense rows ``idx`` and, with ``with_nz`` on the tensor path, the coordinates
-        ``(rows, cols)`` of their positive entries (the gather computes them anyway)."""
+    def gather(self, idx: torch.Tensor, with_nz: bool = False, with_log1p: bool = False) -> tuple[torch.Tensor, dict]:
+        """Dense rows ``idx`` and a dict of what the gather gives for free: with ``with_nz``
+        on the tensor path, the coordinates of their positive entries
+        (``Keys.X_NZ_ROWS``/``X_NZ_COLS``); with ``with_log1p`` on the numba path,
+        ``log1p`` of the rows and their totals (``Keys.X_LOG1P``, ``Keys.X_TOTAL``)."""
+        n = idx.shape[0]
         if self._gather is not None:  # the kernel checks the indices itself
-            out = np.empty((idx.shape[0], self.shape[1]), dtype=np.float32)
-            bad = self._gather(self.indptr.numpy(), self.indices.numpy(), self.data.numpy(), idx.numpy(), out)
+            out = np.empty((n, self.shape[1]), dtype=np.float32)
+            extra = (np.empty_like(out), np.empty((n, 1), dtype=np.float32)) if with_log1p else (_NONE_2D, _NONE_2D)
+            bad = self._gather(self.indptr.numpy(), self.indices.numpy(), self.data.numpy(), idx.numpy(), out,
+                               with_log1p, extra[0], extra[1][:, 0], _log1p_table() if with_log1p else _NONE_1D)
             if bad >= 0:
                 raise IndexError(f"cell index {int(idx[bad])} out of range for {self.shape[0]} cells")
-            return torch.from_numpy(out), None
+            if with_log1p:
+                return torch.from_numpy(out), {Keys.X_LOG1P: torch.from_numpy(extra[0]),
+                                               Keys.X_TOTAL: torch.from_numpy(extra[1])}
+            return torch.from_numpy(out), {}
         # on a GPU the loader's own indices are trusted (no sync)
         if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.shape[0]):
             raise IndexError(f"cell index out of range for {self.shape[0]} cells")
         starts = self.indptr[idx]
         lens = self.indptr[idx + 1] - starts
-        out = torch.zeros(idx.shape[0], self.shape[1], dtype=torch.float32, device=self.data.device)
-        if self._fixed_width and idx.shape[0] * self.max_row_nnz <= _PADDED_MAX:
-            return self._gather_padded(starts, lens, out), None
+        out = torch.zeros(n, self.shape[1], dtype=torch.float32, device=self.data.device)
+        if self._fixed_width and n * self.max_row_nnz <= _PADDED_MAX:
+            return self._gather_padded(starts, lens, out), {}
         total = int(lens.sum())
         if total == 0:
             empty = torch.zeros(0, dtype=torch.int64, device=out.device)
-            return out, ((empty, empty) if with_nz else None)
-        rows = torch.repeat_interleave(torch.arange(idx.shape[0], device=idx.device), lens)
+            return out, ({Keys.X_NZ_ROWS: empty, Keys.X_NZ_COLS: empty} if with_nz else {})
+        rows = torch.repeat_interleave(torch.arange(n, device=idx.device), lens)
         seg_start = torch.repeat_interleave(starts - (torch.cumsum(lens, 0) - lens), lens)
         pos = torch.arange(total, device=idx.device) + seg_start
         cols, vals = self.indices[pos], self.data[pos]
         out[rows, cols] = vals
         if not with_nz:
-            return out, None
+            return out, {}
         keep = vals > 0  # explicitly stored zeros are not non-zeros
-        return out, (rows[keep], cols[keep].long())
+        return out, {Keys.X_NZ_ROWS: rows[keep], Keys.X_NZ_COLS: cols[keep].long()}
 
     def _gather_padded(self, starts: torch.Tensor, lens: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Every row read as ``max_row_nnz`` slots, the slots past its length adding 0: fixed
@@ -103,8 +121,12 @@ class CSRRows:
 class TensorStore:
     """All registered tensors of one AnnData, indexable by a tensor of cell indices."""
 
-    def __init__(self, adata, registry: dict, device: str | torch.device = "cpu", load_x: bool = True):
+    x_log1p = False  # batches carry log1p(X) and its row totals where the gather has them
+
+    def __init__(self, adata, registry: dict, device: str | torch.device = "cpu", load_x: bool = True,
+                 x_log1p: bool = False):
         self.n_obs = adata.n_obs
+        self.x_log1p = x_log1p
         self.device = torch.device(device)
         self.index_device = self.device  # where the loader's cell indices go (stores reading on the host: cpu)
         self.tensors: dict[str, torch.Tensor] = {}
@@ -137,11 +159,9 @@ class TensorStore:
         batch = {k: v[idx] for k, v in self.tensors.items()}
         if isinstance(self.x, CSRRows):
             # the exact-size tensor gather (no numba on the CPU) yields the non-zero coordinates
-            # for free; the numba and the GPU's fixed-width gathers give None (their
-            # likelihood paths need none)
-            batch[Keys.X], nz = self.x.gather(idx, with_nz=True)
-            if nz is not None:
-                batch[Keys.X_NZ_ROWS], batch[Keys.X_NZ_COLS] = nz
+            # for free, the numba gather log1p(X) and the totals when the module asks for them
+            batch[Keys.X], extra = self.x.gather(idx, with_nz=True, with_log1p=self.x_log1p)
+            batch.update(extra)
         elif self.x is not None:
             batch[Keys.X] = self.x[idx]
         batch[Keys.INDICES] = idx

@@ -216,7 +216,8 @@ class BaseModel:
     def _make_store(self, adata) -> TensorStore:
         reg = get_registry(adata)
         cls = BackedStore if getattr(adata, "isbacked", False) and not reg.get("minified") else TensorStore
-        return cls(adata, reg, device=self._device)
+        wants_log1p = bool(getattr(getattr(self, "module", None), "wants_log1p_x", False))
+        return cls(adata, reg, device=self._device, x_log1p=wants_log1p)
 
     @staticmethod
     def _loader_cls(store: TensorStore):

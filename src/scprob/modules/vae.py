@@ -207,19 +207,32 @@ class VAE(BaseModule):
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **_) -> dict:
         if Keys.X not in tensors and Keys.QZM in tensors:  # minified data: cached posterior
             return dict(qzm=tensors[Keys.QZM], qzv=tensors[Keys.QZV], observed_lib_size=tensors[Keys.OBSERVED_LIB_SIZE])
-        return dict(
+        inputs = dict(
             x=tensors[Keys.X], batch_index=tensors[Keys.BATCH],
             cont_covs=tensors.get(Keys.CONT_COVS), cat_covs=tensors.get(Keys.CAT_COVS),
         )
+        if Keys.X_LOG1P in tensors:  # written by the loader's gather (CPU): no dense pass here
+            inputs.update(x_log1p=tensors[Keys.X_LOG1P], x_total=tensors[Keys.X_TOTAL])
+        return inputs
+
+    @property
+    def wants_log1p_x(self) -> bool:
+        """Whether the encoder reads ``log1p(x)`` as is (the loader then provides it)."""
+        return self.log_variational and not self.normalize_encoder_input
 
     def inference(self, x=None, batch_index=None, cont_covs=None, cat_covs=None, n_samples: int = 1,
-                  qzm=None, qzv=None, observed_lib_size=None) -> dict:
-        """q(z | x) (and q(l | x)); draws ``n_samples`` samples (leading dim when > 1)."""
+                  qzm=None, qzv=None, observed_lib_size=None, x_log1p=None, x_total=None) -> dict:
+        """q(z | x) (and q(l | x)); draws ``n_samples`` samples (leading dim when > 1).
+        ``x_log1p`` / ``x_total``: ``log1p(x)`` and ``x.sum(1, keepdim=True)`` when the
+        loader has them."""
         if x is None:
             return self._cached_inference(qzm, qzv, observed_lib_size, n_samples)
-        total = x.sum(1, keepdim=True)
-        x_ = x * (1e4 / total) if self.normalize_encoder_input else x
-        x_ = torch.log1p(x_) if self.log_variational else x_
+        total = x.sum(1, keepdim=True) if x_total is None else x_total
+        if x_log1p is not None and self.wants_log1p_x:
+            x_ = x_log1p
+        else:
+            x_ = x * (1e4 / total) if self.normalize_encoder_input else x
+            x_ = torch.log1p(x_) if self.log_variational else x_
         library = torch.log(total) if self.use_observed_lib_size else None
         ql = None
         if self.encode_covariates:
