@@ -151,6 +151,16 @@ class Encoder(nn.Module):
         return dist, self.z_transform(dist.rsample())
 
 
+def _head(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """``layer(h)`` for a decoder head: ``h W^T`` then the bias added in place.  F.linear's
+    ``addmm`` first copies the broadcast bias into the cells x genes output and accumulates
+    on it; here no copy (~10 us per 128 x 1,000 head), and for these inner sizes (the
+    hidden width) the same values."""
+    if h.dim() != 2 or layer.bias is None:
+        return layer(h)
+    return torch.mm(h, layer.weight.t()).add_(layer.bias)
+
+
 def _log_scale(raw: torch.Tensor, activation: str) -> torch.Tensor:
     """log rho: log_softmax (rows on the simplex) or log softplus (size-factor models)."""
     if activation == "softmax":
@@ -189,9 +199,9 @@ class DecoderSCVI(nn.Module):
 
     def forward(self, z: torch.Tensor, *cat_list: torch.Tensor):
         h = self.px_decoder(z, *cat_list)
-        log_scale = _log_scale(self.px_scale_decoder(h), self.scale_activation)
-        r = self.px_r_decoder(h) if self.px_r_decoder is not None else None
-        dropout = self.px_dropout_decoder(h) if self.px_dropout_decoder is not None else None
+        log_scale = _log_scale(_head(self.px_scale_decoder, h), self.scale_activation)
+        r = _head(self.px_r_decoder, h) if self.px_r_decoder is not None else None
+        dropout = _head(self.px_dropout_decoder, h) if self.px_dropout_decoder is not None else None
         return log_scale, r, dropout
 
 
