@@ -1,6 +1,7 @@
 """scprob.nn.fc.Dropout: the CPU mask drawn from 16-bit random integers has F.dropout's
 distribution (p rounded to a multiple of 2^-16) and an exactly unbiased scale."""
 
+import pytest
 import torch
 
 from scprob.nn.fc import Dropout
@@ -35,3 +36,26 @@ def test_dropout_every_lane_of_a_draw_has_the_rate():
     lanes = (y[:100_000] == 0).float().view(-1, 4).mean(0)
     assert ((lanes - 0.2).abs() < 0.008).all(), lanes  # 25,000 draws per lane: sd ~0.0025
     assert abs(y.mean().item() - 1.0) < 0.01
+
+
+def test_numba_mask_equals_the_torch_ops():
+    """The one-pass numba mask gives the output and gradient of the compare / convert /
+    multiply route to the bit, from the same random draws."""
+    import scprob.nn.fc as fc
+
+    kernel = fc._mask_kernel()
+    if kernel is None:
+        pytest.skip("numba not installed")
+    d = Dropout(0.1).train()
+    x = torch.randn(37, 129, requires_grad=True)  # odd sizes: the draw's last int64 is partly used
+    outs = []
+    for use in (kernel, None):
+        fc._MASK_KERNEL[:] = [use]
+        try:
+            torch.manual_seed(3)
+            y = d(x)
+            (g,) = torch.autograd.grad((y * y).sum(), x)
+        finally:
+            fc._MASK_KERNEL.clear()
+        outs.append((y, g))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,8 +31,27 @@ class Dropout(nn.Dropout):
         n = x.numel()
         # full 64-bit range: random_() alone leaves the top bit 0, which would bias one lane
         bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1).view(torch.int16)
-        keep = bits[:n].view(x.shape) >= q - 32768
-        return x * keep.to(x.dtype).mul_(65536.0 / (65536 - q))
+        scale = 65536.0 / (65536 - q)
+        kernel = _mask_kernel() if x.dtype == torch.float32 else None
+        if kernel is None:
+            return x * (bits[:n].view(x.shape) >= q - 32768).to(x.dtype).mul_(scale)
+        mask = torch.empty(x.shape, dtype=x.dtype)
+        kernel(bits.numpy(), np.int16(q - 32768), scale, mask.view(-1).numpy())  # same values, one pass
+        return x * mask
+
+
+_MASK_KERNEL: list = []
+
+
+def _mask_kernel():
+    """numba's mask kernel (:mod:`scprob.nn._mask_numba`), or None without numba."""
+    if not _MASK_KERNEL:
+        try:
+            from ._mask_numba import keep_mask
+        except ImportError:
+            keep_mask = None
+        _MASK_KERNEL.append(keep_mask)
+    return _MASK_KERNEL[0]
 
 
 class CovariateLinear(nn.Module):
