@@ -268,8 +268,11 @@ def _wide_vectors(typingctx):
     has no string attributes, hence ``set.add``."""
     def codegen(context, builder, signature, args):
         attrs = builder.function.attributes
-        set.add(attrs, '"prefer-vector-width"="512"')
-        set.add(attrs, "noinline")
+        try:
+            set.add(attrs, '"prefer-vector-width"="512"')
+            set.add(attrs, "noinline")
+        except TypeError:  # an llvmlite whose attribute set is no set: only a speed hint is lost
+            pass
         return context.get_dummy_value()
 
     return numba_types.none(), codegen
