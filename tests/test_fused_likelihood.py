@@ -352,3 +352,28 @@ def test_dense_loop_function_asks_for_wide_vectors_only_itself():
     ir_dense = next(iter(dense.inspect_llvm().values()))
     assert '"prefer-vector-width"="512"' in ir_dense
     assert "prefer-vector-width" not in next(iter(total.inspect_llvm().values()))
+
+
+@pytest.mark.skipif(not _fused.numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_positive_column_scan(dtype):
+    """The kernels' column scan (512-bit compress-stores where the CPU has them) finds the
+    columns of x > 0 in order: NaN, zeros and negatives excluded, any row length."""
+    import numpy as np
+    from numba import njit
+
+    from scprob.distributions._fused_numba import _positive_columns
+
+    @njit
+    def scan(x, cols):
+        return _positive_columns(x, cols)
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 8, 15, 16, 17, 33, 1000):
+        x = rng.standard_normal(n).astype(dtype)
+        x[::5] = np.nan
+        x[1::6] = 0.0
+        cols = np.full(n, -1, dtype=np.int32)
+        k = scan(x, cols)
+        ref = np.flatnonzero(x > 0)
+        assert k == ref.size and np.array_equal(cols[:k], ref)

@@ -45,9 +45,11 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm_binding
 from llvmlite import ir as llvm_ir
 from numba import njit, prange
 from numba import types as numba_types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 # torch.nn.functional.softplus(x) returns x itself above this (its default threshold);
@@ -134,6 +136,66 @@ def _softplus_sigmoid(v: float) -> tuple[float, float, float, float]:
     return sp, spm, s, sm
 
 
+# 512-bit compress-stores for the column scan where the compiled-for CPU has them (LLVM
+# would emulate them lane by lane elsewhere, slower than the scalar scan)
+_COMPRESS = numba.config.CPU_NAME is None and "+avx512f" in llvm_binding.get_host_cpu_features().flatten()
+
+
+@intrinsic
+def _compress_positive(typingctx, row, start, cols, n_nz):
+    """One 512-bit block of a row's column scan: writes the indices ``start .. start + W - 1``
+    (``W`` = 16 float32 or 8 float64 entries) whose value is ``> 0`` to ``cols[n_nz:]`` in
+    order (a masked compress-store) and returns ``n_nz`` plus their count.  C-contiguous
+    float rows and int32 ``cols`` only."""
+    if not (isinstance(row, numba_types.Array) and row.layout == "C" and row.dtype in (numba_types.float32,
+            numba_types.float64) and isinstance(cols, numba_types.Array) and cols.dtype == numba_types.int32):
+        return None
+    width = 512 // row.dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        row_v, start_v, cols_v, nnz_v = args
+        data = context.make_array(signature.args[0])(context, builder, row_v).data
+        out = context.make_array(signature.args[2])(context, builder, cols_v).data
+        i32 = llvm_ir.IntType(32)
+        vals = builder.load(builder.bitcast(builder.gep(data, [start_v]), llvm_ir.VectorType(data.type.pointee, width)
+                                            .as_pointer()), align=4)
+        mask = builder.fcmp_ordered(">", vals, llvm_ir.Constant(vals.type, None))  # NaN: not > 0
+        ivty = llvm_ir.VectorType(i32, width)
+        first = builder.insert_element(llvm_ir.Constant(ivty, llvm_ir.Undefined), builder.trunc(start_v, i32),
+                                       llvm_ir.Constant(i32, 0))
+        idx = builder.add(llvm_ir.Constant(ivty, list(range(width))),
+                          builder.shuffle_vector(first, llvm_ir.Constant(ivty, llvm_ir.Undefined),
+                                                 llvm_ir.Constant(ivty, [0] * width)))
+        store = cgutils.get_or_insert_function(
+            builder.module, llvm_ir.FunctionType(llvm_ir.VoidType(), [ivty, i32.as_pointer(), mask.type]),
+            f"llvm.masked.compressstore.v{width}i32")
+        builder.call(store, [idx, builder.gep(out, [nnz_v]), mask])
+        bits = llvm_ir.IntType(width)
+        popcount = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(bits, [bits]),
+                                                  f"llvm.ctpop.i{width}")
+        return builder.add(nnz_v, builder.zext(builder.call(popcount, [builder.bitcast(mask, bits)]), nnz_v.type))
+
+    return numba_types.intp(row, numba_types.intp, cols, numba_types.intp), codegen
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _positive_columns(x, cols) -> int:
+    """Fills ``cols`` with the columns of ``x > 0`` in ascending order; returns their count.
+    512-bit compress-stores where available (~4x faster), else a branch-free scalar pass."""
+    n = x.shape[0]
+    n_nz = 0
+    g = 0
+    if _COMPRESS:
+        width = 64 // x.itemsize
+        while g + width <= n:
+            n_nz = _compress_positive(x, g, cols, n_nz)
+            g += width
+    for h in range(g, n):
+        cols[n_nz] = h
+        n_nz += x[h] > 0.0
+    return n_nz
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def _nz_row(x, logits, theta, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi, zinb, want_grad,
             g_mu, g_theta, g_pi) -> float:
@@ -144,13 +206,10 @@ def _nz_row(x, logits, theta, lg_theta, dg_theta, th_pre, sig, sp, a, z, sig_pi,
     -sigmoid(pi) for the dropout logit).  ``th_pre`` says lgamma/digamma of theta are
     precomputed per gene in ``lg_theta``/``dg_theta``."""
     acc = 0.0
-    # the row's non-zero columns first (a branch-free pass), then the loop over them: a
-    # branch on ``x > 0`` per column mispredicts at every non-zero
+    # the row's non-zero columns first, then the loop over them: a branch on ``x > 0`` per
+    # column mispredicts at every non-zero
     cols = np.empty(x.shape[0], dtype=np.int32)
-    n_nz = 0
-    for g in range(x.shape[0]):
-        cols[n_nz] = g
-        n_nz += x[g] > 0.0
+    n_nz = _positive_columns(x, cols)
     for j in range(n_nz):
         g = cols[j]
         xv = np.float64(x[g])
