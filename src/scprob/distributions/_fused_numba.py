@@ -17,9 +17,14 @@ machine code on disk).  Math in :mod:`scprob.distributions._fused`.
   in PyTorch (libm accuracy for float64); the kernel does the ``x > 0`` part only.
 
 The ``x > 0`` part, which PyTorch runs as a ``nonzero``, a dozen gathers and scatters and
-scalar ``lgamma``/``digamma`` kernels, is one loop over each row behind an ``x > 0``
-branch: it adds the non-zero terms to the row sums and overwrites the gradients at the
-non-zeros, with no coordinates needed.
+scalar ``lgamma``/``digamma`` kernels, is one loop over each row's non-zero columns (found
+by :func:`_positive_columns`): it adds the non-zero terms to the row sums and overwrites
+the gradients at the non-zeros, with no coordinates needed.
+
+Two pieces of hand-emitted LLVM make these loops fit AVX-512 CPUs, and leave other CPUs as
+before: the dense loop's function asks for 512-bit vectors (:func:`_wide_vectors`; LLVM
+picks 256 by default), and the column scan writes 16 indices at a time with masked
+compress-stores (:func:`_compress_positive`).  Both keep the results bit for bit.
 
 Per non-zero the kernel avoids transcendental calls where exact identities allow:
 

@@ -21,8 +21,9 @@ class Dropout(nn.Dropout):
     when its draw is at least ``q = round(p * 2^16)`` (of ``2^16`` values) and scaled by
     ``2^16 / (2^16 - q)``, i.e. dropout with ``p`` rounded to a multiple of ``2^-16`` and an
     exactly unbiased scale.  One 64-bit draw serves four units: for a 256 x 256 mask 100 us
-    instead of 255 for uniforms and 575 for PyTorch's serial Bernoulli sampler.  Other
-    devices keep ``F.dropout``'s fused kernel."""
+    instead of 255 for uniforms and 575 for PyTorch's serial Bernoulli sampler.  With numba
+    the float32 mask is made from the draws in one pass (:mod:`scprob.nn._mask_numba`, the
+    same values).  Other devices keep ``F.dropout``'s fused kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = round(self.p * 65536)
