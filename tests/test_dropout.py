@@ -50,12 +50,10 @@ def test_numba_mask_equals_the_torch_ops():
     x = torch.randn(37, 129, requires_grad=True)  # odd sizes: the draw's last int64 is partly used
     outs = []
     for use in (kernel, None):
-        fc._MASK_KERNEL[:] = [use]
-        try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(fc, "_mask_kernel", lambda use=use: use)
             torch.manual_seed(3)
             y = d(x)
             (g,) = torch.autograd.grad((y * y).sum(), x)
-        finally:
-            fc._MASK_KERNEL.clear()
         outs.append((y, g))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

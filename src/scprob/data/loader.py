@@ -8,6 +8,8 @@ epoch, sharded across ranks under ``torch.distributed`` so DDP sees equal shares
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -24,15 +26,13 @@ def _as_tensor(a: np.ndarray, dtype) -> torch.Tensor:
 
 _PADDED_MAX = 1 << 26  # slots of the fixed-width GPU gather above which the exact-size one runs
 _NONE_1D, _NONE_2D = np.empty(0, dtype=np.float32), np.empty((0, 1), dtype=np.float32)  # unused kernel outputs
-_LOG1P_TABLE: list[np.ndarray] = []
 
 
+@functools.cache
 def _log1p_table(size: int = 4096) -> np.ndarray:
     """``torch.log1p(k)`` for the counts ``k < size``, float32: the gather kernel's ``log1p``
     of integer counts, equal to what ``torch.log1p`` gives on a dense batch."""
-    if not _LOG1P_TABLE:
-        _LOG1P_TABLE.append(torch.log1p(torch.arange(size, dtype=torch.float32)).numpy())
-    return _LOG1P_TABLE[0]
+    return torch.log1p(torch.arange(size, dtype=torch.float32)).numpy()
 
 
 def _numba_gather():
@@ -74,15 +74,13 @@ class CSRRows:
         n = idx.shape[0]
         if self._gather is not None:  # the kernel checks the indices itself
             out = np.empty((n, self.shape[1]), dtype=np.float32)
-            extra = (np.empty_like(out), np.empty((n, 1), dtype=np.float32)) if with_log1p else (_NONE_2D, _NONE_2D)
+            log1p, totals = (np.empty_like(out), np.empty((n, 1), dtype=np.float32)) if with_log1p else (_NONE_2D, _NONE_2D)
             bad = self._gather(self.indptr.numpy(), self.indices.numpy(), self.data.numpy(), idx.numpy(), out,
-                               with_log1p, extra[0], extra[1][:, 0], _log1p_table() if with_log1p else _NONE_1D)
+                               with_log1p, log1p, totals[:, 0], _log1p_table() if with_log1p else _NONE_1D)
             if bad >= 0:
                 raise IndexError(f"cell index {int(idx[bad])} out of range for {self.shape[0]} cells")
-            if with_log1p:
-                return torch.from_numpy(out), {Keys.X_LOG1P: torch.from_numpy(extra[0]),
-                                               Keys.X_TOTAL: torch.from_numpy(extra[1])}
-            return torch.from_numpy(out), {}
+            extra = {Keys.X_LOG1P: torch.from_numpy(log1p), Keys.X_TOTAL: torch.from_numpy(totals)} if with_log1p else {}
+            return torch.from_numpy(out), extra
         # on a GPU the loader's own indices are trusted (no sync)
         if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.shape[0]):
             raise IndexError(f"cell index out of range for {self.shape[0]} cells")

@@ -9,6 +9,7 @@ later layer when ``inject_covariates`` is set (scVI's ``deeply_inject_covariates
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -41,18 +42,14 @@ class Dropout(nn.Dropout):
         return x * mask
 
 
-_MASK_KERNEL: list = []
-
-
+@functools.cache
 def _mask_kernel():
     """numba's mask kernel (:mod:`scprob.nn._mask_numba`), or None without numba."""
-    if not _MASK_KERNEL:
-        try:
-            from ._mask_numba import keep_mask
-        except ImportError:
-            keep_mask = None
-        _MASK_KERNEL.append(keep_mask)
-    return _MASK_KERNEL[0]
+    try:
+        from ._mask_numba import keep_mask
+    except ImportError:
+        return None
+    return keep_mask
 
 
 class CovariateLinear(nn.Module):
