@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .fcs import atomic_open, make_unique
+from .io import atomic_open, make_unique
 from .validate import DataError, _first_bad, iter_row_chunks
 
 __all__ = [

@@ -33,14 +33,11 @@ columns restored from their codes); other tools simply see extra channels.  The 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import anndata as ad
@@ -48,6 +45,19 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .fcs_text import (
+    Keywords,
+    build_text,
+    byte_order,
+    choose_delimiter,
+    header_int,
+    parse_spillover,
+    parse_text,
+    read_segment,
+    sanitize_keyword,
+    spillover_to_text,
+)
+from .io import atomic_open, make_unique
 from .validate import DataError
 
 __all__ = ["read_fcs", "write_fcs"]
@@ -61,235 +71,7 @@ _RECORD_KEY = "SCPROB_CYTOMETRY"
 _DEFAULT_RANGE = 262144
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator:
-    """Open a temporary file next to ``path`` for writing; on success it replaces ``path``
-    (``os.replace``), on any error it is removed, so ``path`` is never half written."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise FileNotFoundError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    # os.open with 0o666 lets the umask decide the final permissions, like open() would
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def make_unique(names: list[str], what: str = "names") -> list[str]:
-    """Append ``-1``, ``-2``... to repeated names (never colliding with an existing name);
-    warn naming the repeated ones."""
-    names = [str(n) for n in names]
-    seen = set(names)
-    counts: dict[str, int] = {}
-    out, dup = [], []
-    first = set()
-    for n in names:
-        if n not in first:
-            first.add(n)
-            out.append(n)
-            continue
-        dup.append(n)
-        k = counts.get(n, 0)
-        while True:
-            k += 1
-            cand = f"{n}-{k}"
-            if cand not in seen:
-                break
-        counts[n] = k
-        seen.add(cand)
-        out.append(cand)
-    if dup:
-        warnings.warn(
-            f"repeated {what} {sorted(set(dup))} made unique by appending '-1', '-2', ...",
-            UserWarning,
-            stacklevel=3,
-        )
-    return out
-
-
-def _sanitize_keyword(name: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "_", str(name).upper())
-
-
-def spillover_to_text(spill: dict) -> str:
-    """``{"channels": [...], "matrix": [[...]]}`` → ``"n,ch1,...,chn,v11,v12,..."``."""
-    chans = [str(c) for c in spill["channels"]]
-    mat = np.asarray(spill["matrix"], dtype=np.float64)
-    vals = ",".join(repr(float(v)) for v in mat.ravel())
-    return f"{len(chans)}," + ",".join(chans) + "," + vals
-
-
-def parse_spillover(value: str, where: str, channel_names: list[str] | None = None) -> dict:
-    """Parse a ``$SPILLOVER`` value; ``where`` names the file/keyword in errors.  Channels
-    given as 1-based numbers (some old files) are mapped to ``channel_names``."""
-    parts = [p.strip() for p in str(value).replace("\n", "").split(",")]
-    try:
-        n = int(float(parts[0]))
-    except (ValueError, IndexError):
-        raise DataError(f"{where}: cannot read the number of channels from {value[:60]!r}") from None
-    if n <= 0 or len(parts) != 1 + n + n * n:
-        raise DataError(f"{where}: expected {n} channel names and {n}x{n} values, got {len(parts) - 1} fields")
-    chans = parts[1 : n + 1]
-    try:
-        mat = np.array([float(v) for v in parts[n + 1 :]], dtype=np.float64).reshape(n, n)
-    except ValueError as e:
-        raise DataError(f"{where}: non-numeric spillover value ({e})") from None
-    if channel_names is not None and not set(chans) <= set(channel_names):
-        if all(c.isdigit() and 1 <= int(c) <= len(channel_names) for c in chans):
-            chans = [channel_names[int(c) - 1] for c in chans]
-    return {"channels": chans, "matrix": mat.tolist()}
-
-
 # --------------------------------------------------------------------------- reading
-
-
-def _parse_text(raw: bytes, where: str) -> dict[str, str]:
-    """Parse a TEXT segment: keys and values separated by the delimiter (its first byte);
-    a doubled delimiter inside a key or value stands for one delimiter character."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    if len(text) < 2:
-        raise DataError(f"{where}: TEXT segment is empty")
-    delim = text[0]
-    if delim.isalnum() or delim == "$":
-        raise DataError(f"{where}: TEXT segment starts with {delim!r}, not a delimiter (corrupt or not an FCS file)")
-    # trailing padding after the final delimiter (spaces, NULs, newlines) is common
-    end = len(text)
-    while end > 1 and text[end - 1] != delim and text[end - 1] in " \x00\r\n\t":
-        end -= 1
-    tokens: list[str] = []
-    buf: list[str] = []
-    i = 1
-    while i < end:
-        j = text.find(delim, i)
-        if j < 0 or j >= end:
-            buf.append(text[i:end])
-            tokens.append("".join(buf))
-            buf = []
-            break
-        buf.append(text[i:j])
-        if j + 1 < end and text[j + 1] == delim:  # escaped delimiter
-            buf.append(delim)
-            i = j + 2
-            continue
-        tokens.append("".join(buf))
-        buf = []
-        i = j + 1
-    if buf:
-        tokens.append("".join(buf))
-    if len(tokens) % 2 or any(delim + "$" in t for t in tokens):
-        # some writers leave values empty ("/$P3S//$P4N/..."), against the standard; read
-        # with escaping, that swallows the next keyword (odd field count, or a field holding
-        # "/$KEYWORD").  Then take the plain split if it gives pairs with non-empty keywords.
-        plain = text[1:end].split(delim)
-        if plain and plain[-1] == "" and text[end - 1] == delim:
-            plain = plain[:-1]
-        if len(plain) % 2 == 0 and all(k.strip() for k in plain[::2]):
-            warnings.warn(
-                f"{where}: TEXT segment has empty keyword values; read without delimiter escaping", UserWarning, stacklevel=3
-            )
-            tokens = plain
-    if len(tokens) % 2:
-        raise DataError(
-            f"{where}: TEXT segment cannot be parsed (odd number of keyword/value fields: {len(tokens)}; "
-            f"delimiter {delim!r}) - the file is corrupt or truncated"
-        )
-    out: dict[str, str] = {}
-    for k, v in zip(tokens[::2], tokens[1::2]):
-        k = k.strip()
-        if k:
-            out[k] = v
-    return out
-
-
-class _Keys:
-    """Case-insensitive keyword lookup (FCS keywords are case-insensitive)."""
-
-    def __init__(self, text: dict[str, str], where: str):
-        self.up = {k.upper(): v for k, v in text.items()}
-        self.where = where
-
-    def get(self, key: str, default=None):
-        return self.up.get(key.upper(), default)
-
-    def __contains__(self, key: str) -> bool:
-        return key.upper() in self.up
-
-    def req(self, key: str) -> str:
-        v = self.get(key)
-        if v is None or str(v).strip() == "":
-            raise DataError(f"{self.where}: required keyword {key} is missing from the TEXT segment")
-        return v
-
-    def integer(self, key: str, default=None) -> int:
-        v = self.get(key) if default is not None else self.req(key)
-        if v is None or str(v).strip() == "":
-            return default
-        try:
-            return int(str(v).strip())
-        except ValueError:
-            try:
-                f = float(str(v).strip())
-            except ValueError:
-                f = math.nan
-            if not math.isfinite(f) or f != int(f):
-                raise DataError(f"{self.where}: keyword {key} should be an integer, got {v!r}") from None
-            return int(f)
-
-    def number(self, key: str, default: float) -> float:
-        v = self.get(key)
-        if v is None or str(v).strip() == "":
-            return default
-        try:
-            return float(str(v).strip())
-        except ValueError:
-            raise DataError(f"{self.where}: keyword {key} should be a number, got {v!r}") from None
-
-
-def _header_int(field: bytes, name: str, where: str, blank_ok: bool = False) -> int | None:
-    s = field.decode("ascii", errors="replace").strip()
-    if not s:
-        if blank_ok:
-            return None
-        raise DataError(f"{where}: HEADER field {name} is blank")
-    try:
-        return int(s)
-    except ValueError:
-        raise DataError(f"{where}: HEADER field {name} is not a number ({s!r}); the file is corrupt") from None
-
-
-def _byte_order(value: str, where: str) -> str:
-    v = value.replace(" ", "")
-    if v in ("1,2,3,4", "1,2", "1", "1,2,3,4,5,6,7,8"):
-        return "<"
-    if v in ("4,3,2,1", "2,1", "8,7,6,5,4,3,2,1"):
-        return ">"
-    raise DataError(f"{where}: unsupported $BYTEORD {value!r} (only little-endian 1,2,3,4 and big-endian 4,3,2,1)")
-
-
-def _read_segment(fh, start: int, stop: int, file_size: int, what: str, where: str) -> bytes:
-    if start < 0 or stop < start:
-        raise DataError(f"{where}: {what} segment has invalid byte offsets {start}..{stop}")
-    if stop >= file_size:
-        raise DataError(
-            f"{where}: {what} segment is declared as bytes {start}..{stop} but the file has only "
-            f"{file_size} bytes (truncated file?)"
-        )
-    fh.seek(start)
-    return fh.read(stop - start + 1)
 
 
 def read_fcs(path: str | os.PathLike) -> ad.AnnData:
@@ -319,27 +101,27 @@ def read_fcs(path: str | os.PathLike) -> ad.AnnData:
         version = head[3:6].decode("ascii", errors="replace")
         if version not in ("2.0", "3.0", "3.1", "3.2"):
             raise DataError(f"{where}: unsupported FCS version {head[:6].decode('ascii', errors='replace')!r}")
-        t0 = _header_int(head[10:18], "TEXT start", where)
-        t1 = _header_int(head[18:26], "TEXT end", where)
-        d0 = _header_int(head[26:34], "DATA start", where, blank_ok=True) or 0
-        d1 = _header_int(head[34:42], "DATA end", where, blank_ok=True) or 0
+        t0 = header_int(head[10:18], "TEXT start", where)
+        t1 = header_int(head[18:26], "TEXT end", where)
+        d0 = header_int(head[26:34], "DATA start", where, blank_ok=True) or 0
+        d1 = header_int(head[34:42], "DATA end", where, blank_ok=True) or 0
         if t0 < _HEADER_LEN:
             raise DataError(f"{where}: TEXT segment starts at byte {t0}, inside the header (corrupt file)")
-        text = _parse_text(_read_segment(fh, t0, t1, file_size, "TEXT", where), where)
-        kw = _Keys(text, where)
+        text = parse_text(read_segment(fh, t0, t1, file_size, "TEXT", where), where)
+        kw = Keywords(text, where)
 
         # supplemental TEXT (FCS 3.x), merged without overriding the primary TEXT
         s0, s1 = kw.integer("$BEGINSTEXT", 0), kw.integer("$ENDSTEXT", 0)
         if s0 > 0 and s1 > s0 and (s0, s1) != (t0, t1):
             try:
-                stext = _parse_text(_read_segment(fh, s0, s1, file_size, "supplemental TEXT", where), where)
+                stext = parse_text(read_segment(fh, s0, s1, file_size, "supplemental TEXT", where), where)
             except DataError as e:
                 warnings.warn(f"{e}; supplemental TEXT ignored", UserWarning, stacklevel=2)
             else:
                 for k, v in stext.items():
                     if k.upper() not in kw.up:
                         text[k] = v
-                kw = _Keys(text, where)
+                kw = Keywords(text, where)
 
         mode = kw.get("$MODE", "L").strip().upper()
         if mode != "L":
@@ -352,7 +134,7 @@ def read_fcs(path: str | os.PathLike) -> ad.AnnData:
             raise DataError(f"{where}: $PAR is {n_par}; the file has no channels")
         if any(re.fullmatch(r"\$P\d+DATATYPE", k) for k in kw.up):
             raise DataError(f"{where}: per-channel $PnDATATYPE (FCS 3.2) is not supported")
-        order = _byte_order(kw.req("$BYTEORD"), where)
+        order = byte_order(kw.req("$BYTEORD"), where)
 
         # DATA offsets: the TEXT keywords (FCS 3.x) unless absent; the HEADER otherwise
         b, e = kw.integer("$BEGINDATA", 0), kw.integer("$ENDDATA", 0)
@@ -442,7 +224,7 @@ def read_fcs(path: str | os.PathLike) -> ad.AnnData:
     return adata
 
 
-def _decode_data(raw: bytes, datatype: str, order: str, bits: list[int], n_tot: int, n_par: int, kw: _Keys, pnn) -> np.ndarray:
+def _decode_data(raw: bytes, datatype: str, order: str, bits: list[int], n_tot: int, n_par: int, kw: Keywords, pnn) -> np.ndarray:
     if datatype in ("F", "D"):
         dt = np.dtype(f"{order}f{4 if datatype == 'F' else 8}")
         return np.frombuffer(raw, dtype=dt, count=n_tot * n_par).reshape(n_tot, n_par).astype(np.float32)
@@ -478,7 +260,7 @@ def _decode_data(raw: bytes, datatype: str, order: str, bits: list[int], n_tot: 
     return X
 
 
-def _restore_obs(spec: str, X: np.ndarray, pnn: list[str], kw: _Keys, obs: pd.DataFrame, where: str) -> np.ndarray:
+def _restore_obs(spec: str, X: np.ndarray, pnn: list[str], kw: Keywords, obs: pd.DataFrame, where: str) -> np.ndarray:
     """Move the channels listed in ``SCPROB_OBS_COLUMNS`` to ``obs``; return the mask of
     channels that stay markers."""
     keep = np.ones(len(pnn), dtype=bool)
@@ -522,19 +304,6 @@ def _restore_obs(spec: str, X: np.ndarray, pnn: list[str], kw: _Keys, obs: pd.Da
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _choose_delimiter(strings: list[str]) -> str:
-    for d in ("/", "|", "\x0c", "\x1e", "\x1f", "!", "~"):
-        if not any(d in s for s in strings):
-            return d
-    return "/"  # fall back to doubling (FCS 3.1 escaping)
-
-
-def _build_text(pairs: list[tuple[str, str]], delim: str) -> bytes:
-    esc = delim * 2
-    body = "".join(f"{k.replace(delim, esc)}{delim}{v.replace(delim, esc)}{delim}" for k, v in pairs)
-    return (delim + body).encode("utf-8")
 
 
 def _column_strings(adata, col: str) -> list[str] | None:
@@ -604,7 +373,7 @@ def write_fcs(
         else:
             cat = s.astype("category") if not isinstance(s.dtype, pd.CategoricalDtype) else s
             vals = (cat.cat.codes.to_numpy() + 1).astype(np.float32)  # -1 (NaN) -> 0
-            codes_kw = f"SCPROB_{_sanitize_keyword(col)}_CODES"
+            codes_kw = f"SCPROB_{sanitize_keyword(col)}_CODES"
             base, k = codes_kw, 1
             while codes_kw in code_keys.values():
                 k += 1
@@ -691,7 +460,7 @@ def write_fcs(
             continue
         pairs.append((str(k), str(v)))
 
-    delim = _choose_delimiter([s for kv in pairs for s in kv])
+    delim = choose_delimiter([s for kv in pairs for s in kv])
     data_bytes = n * p * 4
     # $BEGINDATA depends on the length of the TEXT that contains it: iterate to a fixed point
     begin = _TEXT_START
@@ -699,7 +468,7 @@ def write_fcs(
         end = begin + data_bytes - 1
         pairs[4] = ("$BEGINDATA", str(begin if data_bytes else 0))
         pairs[5] = ("$ENDDATA", str(end if data_bytes else 0))
-        text = _build_text(pairs, delim)
+        text = build_text(pairs, delim)
         new_begin = _TEXT_START + len(text)
         if new_begin == begin:
             break

@@ -1,13 +1,17 @@
 """Reading input files: one place that turns a missing, truncated or foreign file into a
 :class:`~scprob.data.DataError` naming the file and the problem, before any work starts.
 
-Every ``scprob`` command reads its data through :func:`read_input`.
+Every ``scprob`` command reads its data through :func:`read_input`.  Writers go through
+:func:`atomic_open`, so an output file is never half written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from .validate import DataError
@@ -99,3 +103,57 @@ def _hdf5_reason(msg: str) -> str:
     """The useful part of an h5py error: ``Unable to ... (truncated file: eof = 1, ...)`` -> the parentheses."""
     start, end = msg.find("("), msg.rfind(")")
     return msg[start + 1 : end] if 0 <= start < end else msg
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator:
+    """Open a temporary file next to ``path`` for writing; on success it replaces ``path``
+    (``os.replace``), on any error it is removed, so ``path`` is never half written."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise FileNotFoundError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # os.open with 0o666 lets the umask decide the final permissions, like open() would
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def make_unique(names: list[str], what: str = "names") -> list[str]:
+    """Append ``-1``, ``-2``... to repeated names (never colliding with an existing name);
+    warn naming the repeated ones."""
+    names = [str(n) for n in names]
+    seen = set(names)
+    counts: dict[str, int] = {}
+    out, dup = [], []
+    first = set()
+    for n in names:
+        if n not in first:
+            first.add(n)
+            out.append(n)
+            continue
+        dup.append(n)
+        k = counts.get(n, 0)
+        while True:
+            k += 1
+            cand = f"{n}-{k}"
+            if cand not in seen:
+                break
+        counts[n] = k
+        seen.add(cand)
+        out.append(cand)
+    if dup:
+        warnings.warn(
+            f"repeated {what} {sorted(set(dup))} made unique by appending '-1', '-2', ...",
+            UserWarning,
+            stacklevel=3,
+        )
+    return out
