@@ -306,6 +306,10 @@ def test_differential_abundance(trained):
     assert np.isfinite(da_t.to_numpy()).all()
     with pytest.raises(KeyError, match="donor"):
         m.differential_abundance(sample_key="donor")
+    sub = m.adata[:10].copy()
+    sub.obs["cell_type"] = pd.Categorical(["t9"] * 10)
+    with pytest.raises(ValueError, match=r"samples \['t9'\] of adata_sub have no cells in adata"):
+        m.differential_abundance(adata_sub=sub, sample_key="cell_type")
 
 
 # ------------------------------------------- calls from scvi-tools' own SCVI tests

@@ -13,6 +13,7 @@ from .._settings import settings
 from ..data.validate import check_counts_for_likelihood
 from ..distributions import get_likelihood
 from ..modules import VAE
+from ._evaluate import loss_sums
 from .base import BaseModel
 
 
@@ -343,31 +344,18 @@ class SCVI(BaseModel):
         Gamma draw with mean ``rna_size_factor * px_scale`` and the model's dispersion
         (the mean itself for likelihoods without one); the correlation (``"spearman"`` or
         ``"pearson"``) over all (cell, draw) rows, averaged over ``transform_batch`` batches."""
-        from scipy.stats import spearmanr
+        from ._correlation import sampled_expression_correlation
 
         if correlation_type not in ("spearman", "pearson"):
             raise ValueError(f"correlation_type must be 'spearman' or 'pearson', got {correlation_type!r}")
         self._check_trained()
         adata = self._validate_anndata(adata)
         codes = self._batch_codes(transform_batch)
-        gamma = bool(self.module.likelihood["needs_dispersion"])
-        mats = []
-        for code in codes:
-            rows = []
-            for tensors in self._batches(adata, indices, batch_size):
-                inf = self.module.inference(**self.module._get_inference_input(tensors), n_samples=n_samples)
-                gen = self.module.generative(**self.module._get_generative_input(tensors, inf), transform_batch=code)
-                mean = rna_size_factor * gen["px_scale"]
-                if gamma:
-                    theta = gen["px_r"].exp().expand_as(mean)
-                    mean = torch.distributions.Gamma(theta, theta / mean.clamp_min(1e-12)).sample()
-                rows.append(mean.reshape(-1, mean.shape[-1]).cpu())
-            flat = torch.cat(rows).double().numpy()
-            if correlation_type == "pearson":
-                mats.append(np.corrcoef(flat, rowvar=False))
-            else:
-                rho = np.asarray(spearmanr(flat)[0])
-                mats.append(rho if rho.ndim == 2 else np.array([[1.0, float(rho)], [float(rho), 1.0]]))
+        mats = [
+            sampled_expression_correlation(self, adata, indices, code, n_samples, batch_size, rna_size_factor,
+                                           correlation_type)
+            for code in codes
+        ]
         names = self.registry["var_names"]
         return pd.DataFrame(np.mean(mats, axis=0), index=names, columns=names)
 
@@ -395,27 +383,6 @@ class SCVI(BaseModel):
         ll = torch.cat(vals).numpy()
         return np.float64(ll.mean()) if return_mean else ll
 
-    @torch.inference_mode()
-    def _loss_sums(self, adata, indices, batch_size, dataloader=None) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
-        """One forward pass (one z ~ q(z|x) per cell): the per-cell reconstruction loss
-        -log p(x | z) per term (``{"reconstruction_loss": ...}`` for a single term), the
-        per-cell local KL, and the global KL (a scalar, not attributable to cells)."""
-        rec: dict[str, list[np.ndarray]] = {}
-        kl_local: list[np.ndarray] = []
-        kl_global = 0.0
-        for t in self._batches(adata, indices, batch_size, dataloader):
-            _, _, lo = self.module(t, loss_kwargs=dict(kl_weight=1.0))
-            terms = lo.reconstruction_loss if isinstance(lo.reconstruction_loss, dict) else \
-                {"reconstruction_loss": lo.reconstruction_loss}
-            for k, v in terms.items():
-                rec.setdefault(k, []).append(v.reshape(-1).double().cpu().numpy())
-            kl = lo.kl_local if isinstance(lo.kl_local, dict) else {"kl": lo.kl_local}
-            kl_cells = sum((v.reshape(-1).double() for v in kl.values() if v is not None),
-                           torch.zeros(lo.n_obs_minibatch, dtype=torch.float64, device=lo.loss.device))
-            kl_local.append(kl_cells.cpu().numpy())
-            kl_global = float(lo.kl_global_sum)
-        return {k: np.concatenate(v) for k, v in rec.items()}, np.concatenate(kl_local), kl_global
-
     def get_elbo(self, adata=None, indices=None, batch_size: int | None = None,
                  return_mean: bool = True, dataloader=None) -> float | np.ndarray:
         r"""Evidence lower bound :math:`\mathrm{ELBO}_n = \log p(x_n \mid z_n) -
@@ -426,7 +393,7 @@ class SCVI(BaseModel):
         Note ``history["elbo_*"]`` is the training loss, i.e. the negative of this."""
         self._check_trained(warn=True)
         self._require_counts(adata, "get_elbo")
-        rec, kl_local, _ = self._loss_sums(adata, indices, batch_size, dataloader)
+        rec, kl_local, _ = loss_sums(self, adata, indices, batch_size, dataloader)
         elbo = -(sum(rec.values()) + kl_local)
         return np.float64(elbo.mean()) if return_mean else elbo
 
@@ -440,7 +407,7 @@ class SCVI(BaseModel):
         whose loss has several)."""
         self._check_trained(warn=True)
         self._require_counts(adata, "get_reconstruction_error")
-        rec, _, _ = self._loss_sums(adata, indices, batch_size, dataloader)
+        rec, _, _ = loss_sums(self, adata, indices, batch_size, dataloader)
         return {k: np.float64(v.mean()) for k, v in rec.items()} if return_mean else rec
 
     def differential_expression(
@@ -590,27 +557,14 @@ class SCVI(BaseModel):
             raise KeyError(f"sample_key {sample_key!r} is not a column of adata.obs")
         if sample_key not in adata_sub.obs.columns:
             raise KeyError(f"sample_key {sample_key!r} is not a column of adata_sub.obs")
+        from ._abundance import aggregated_posterior_log_density
+
         loc, var = self.get_latent_representation(adata, return_dist=True, batch_size=batch_size)
-        z = torch.as_tensor(self.get_latent_representation(adata_sub, return_dist=True, batch_size=batch_size)[0])
-        loc, scale = torch.as_tensor(loc), torch.as_tensor(var).sqrt()
-        labels = adata.obs[sample_key].to_numpy()
-        samples = pd.unique(adata_sub.obs[sample_key])
-        rng = np.random.default_rng(settings.seed)
-        cols = []
-        for name in samples:
-            idx = np.flatnonzero(labels == name)
-            if idx.size == 0:
-                raise ValueError(f"sample {name!r} of adata_sub has no cells in adata")
-            if num_cells_posterior is not None and num_cells_posterior < idx.size:
-                idx = rng.choice(idx, num_cells_posterior, replace=False)
-            comp = (torch.distributions.Normal(loc[idx], scale[idx]) if dof is None
-                    else torch.distributions.StudentT(dof, loc[idx], scale[idx]))
-            out = []
-            for start in range(0, z.shape[0], batch_size):
-                lp = comp.log_prob(z[start:start + batch_size, None, :]).sum(-1)  # (cells, components)
-                out.append(torch.logsumexp(lp, dim=1) - np.log(idx.size))
-            cols.append(torch.cat(out).numpy())
-        df = pd.DataFrame(np.stack(cols, axis=1), index=adata_sub.obs_names, columns=samples)
+        z = self.get_latent_representation(adata_sub, return_dist=True, batch_size=batch_size)[0]
+        df = aggregated_posterior_log_density(
+            loc, var, z, adata.obs[sample_key].to_numpy(), pd.unique(adata_sub.obs[sample_key]), adata_sub.obs_names,
+            batch_size, num_cells_posterior, dof, np.random.default_rng(settings.seed),
+        )
         adata_sub.obsm["da_log_probs"] = df
         return df
 
