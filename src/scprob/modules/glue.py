@@ -144,14 +144,10 @@ from ..data.keys import Keys
 from ..nn.fc import Dropout
 from ..nn.graph import GraphDecoder, GraphEncoder
 from ..nn.pairing import (
-    centred_unit_norm_rows,
     corr_dist,
     linear_row_corr_loss,
-    ridge_gcv,
     sinkhorn,
-    standardize_within,
     standardized_unit_rows,
-    unit_norm_rows,
     unit_rows,
 )
 from ..nn.prob_models import get_prob_model
@@ -176,12 +172,6 @@ def match_input_key(m: str) -> str:
     """Store key of a modality's input table in the matching cost towards modality ``m``
     (:meth:`GLUEModule.self_train_link_targets`)."""
     return f"match_in_{m}"
-
-
-def _within_batch_unit_rows(a: torch.Tensor, tensors: dict) -> torch.Tensor:
-    """``a`` (rows: the cells of ``tensors``) in float64, standardized per column within each
-    batch, rows centred and of unit norm (the self-training's evidence)."""
-    return centred_unit_norm_rows(standardize_within(a.double(), tensors[Keys.BATCH]))
 
 
 class Discriminator(nn.Module):
@@ -354,45 +344,9 @@ class GLUEModule(BaseModule):
         table}`` (one unit row per cell of the modality): the link targets of both
         directions (:func:`link_target_key`) and the input tables of the matching cost
         (:func:`match_input_key`: ``k``'s centred input, ``m``'s prediction of it)."""
-        self._self_trained = set()
-        if rounds < 1:
-            return {}
-        gen = torch.Generator().manual_seed(seed)
-        out: dict[tuple[str, str], torch.Tensor] = {}
-        for k, m in dict.fromkeys(tuple(sorted(p, key=self.keys.index)) for p in pairs):
-            if k not in data or m not in data or not (self._link_table_fits(k, m, int(data[k].n_obs))
-                                                      and self._link_table_fits(m, k, int(data[m].n_obs))):
-                continue
-            tk, tm = (data[j][torch.arange(int(data[j].n_obs))] for j in (k, m))
-            # natural scale: the ridge then shrinks the minor components
-            r = self.encoders[k].inputs(tk[Keys.X], tk.get(XREP))[0].double()
-            if (len(tk[Keys.X]) + len(tm[Keys.X])) * r.shape[1] > LINK_CACHE_ELEMENTS:  # input tables too large
-                continue
-            q = self.encoders[m].inputs(tm[Keys.X], tm.get(XREP))[0].double()
-            lk, lm = self.encoders[k].compute_l(tk[Keys.X]), self.encoders[m].compute_l(tm[Keys.X])
-            a = _within_batch_unit_rows(self.link_activity(k, m, tk[Keys.X], lk), tk)  # k's evidence
-            y_km = _within_batch_unit_rows(self.own_linked(k, m, tm[Keys.X], lm), tm)  # m's linked features
-            y_mk = _within_batch_unit_rows(self.own_linked(m, k, tk[Keys.X], lk), tk)  # k's linked features
-            ik = torch.randperm(len(r), generator=gen)[:max_cells].to(r.device)
-            im = torch.randperm(len(q), generator=gen)[:max_cells].to(q.device)
-            rs, qs, ys_km, ys_mk = r[ik], q[im], y_km[im], y_mk[ik]
-            r_mean = rs.mean(0)
-            rs_unit = unit_norm_rows(rs - r_mean)
-            cost0 = 1.0 - a[ik] @ ys_km.t()
-            cost = cost0
-            for _ in range(rounds):
-                plan = sinkhorn(cost, rel_eps * float(cost.std()), 200)
-                fwd, back = plan / plan.sum(1, keepdim=True), (plan / plan.sum(0)).t()
-                fit_km = ridge_gcv(rs, fwd @ ys_km)  # k's input -> m's linked features
-                fit_in = ridge_gcv(qs, back @ rs)  # m's input -> k's input
-                cost = (cost0 + 1.0 - centred_unit_norm_rows(rs @ fit_km[0] + fit_km[1]) @ ys_km.t()
-                        + 1.0 - rs_unit @ unit_norm_rows(qs @ fit_in[0] + fit_in[1] - r_mean).t())
-            fit_mk = ridge_gcv(qs, back @ ys_mk)  # m's input -> k's linked features: m's link target only
-            out[(k, link_target_key(m))] = centred_unit_norm_rows(r @ fit_km[0] + fit_km[1]).float()
-            out[(m, link_target_key(k))] = centred_unit_norm_rows(q @ fit_mk[0] + fit_mk[1]).float()
-            out[(k, match_input_key(m))] = unit_norm_rows(r - r_mean).float()
-            out[(m, match_input_key(k))] = unit_norm_rows(q @ fit_in[0] + fit_in[1] - r_mean).float()
-            self._self_trained.add((k, m))
+        from ._glue_self_train import self_train_tables
+
+        out, self._self_trained = self_train_tables(self, data, pairs, rounds, rel_eps, max_cells, seed)
         return out
 
     def _cross(self, tensors, inference_outputs, v: torch.Tensor,
