@@ -26,10 +26,20 @@ def test_head_matches_linear_values_and_gradients(monkeypatch, bias_after):
 
 def test_head_choice_is_timed_once_per_shape():
     fc._bias_after_product.cache_clear()
-    first = fc._bias_after_product(32, 16, 50, torch.float32)
+    first = fc._bias_after_product(32, 16, 50, torch.float32, 1)
     assert isinstance(first, bool)
-    assert fc._bias_after_product(32, 16, 50, torch.float32) is first
+    assert fc._bias_after_product(32, 16, 50, torch.float32, 1) is first
     assert fc._bias_after_product.cache_info().hits == 1
+
+
+def test_wide_head_is_f_linear_whatever_the_timing(monkeypatch):
+    """Above the inner size where both formulations round alike, the head is F.linear, so
+    results never depend on a timing."""
+    monkeypatch.setattr(fc, "_bias_after_product", lambda *a: pytest.fail("timed a wide head"))
+    torch.manual_seed(1)
+    layer = nn.Linear(fc._SAME_VALUES_MAX_IN + 1, 40)
+    h = torch.randn(16, fc._SAME_VALUES_MAX_IN + 1)
+    assert torch.equal(fc._head(layer, h), layer(h))
 
 
 def test_head_without_bias_or_batched_input_is_the_layer():

@@ -171,25 +171,30 @@ class Encoder(nn.Module):
 
 
 def _head(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
-    """``layer(h)`` for a decoder head (cells x genes), in the faster of two formulations
-    with the same values on CPU (:func:`_bias_after_product`)."""
-    if h.dim() != 2 or layer.bias is None or h.device.type != "cpu":
+    """``layer(h)`` for a decoder head (cells x genes), on CPU in the faster of two
+    formulations with the same values (:func:`_bias_after_product`).  Wider inputs than
+    :data:`_SAME_VALUES_MAX_IN` keep ``F.linear``: there the two may round differently, and
+    a choice made by timing would make results depend on the machine's load."""
+    if h.dim() != 2 or layer.bias is None or h.device.type != "cpu" or h.shape[1] > _SAME_VALUES_MAX_IN:
         return layer(h)
-    if _bias_after_product(h.shape[0], h.shape[1], layer.weight.shape[0], h.dtype):
+    if _bias_after_product(h.shape[0], h.shape[1], layer.weight.shape[0], h.dtype, torch.get_num_threads()):
         return torch.mm(h, layer.weight.t()).add_(layer.bias)
     return torch.addmm(layer.bias, h, layer.weight.t())
 
 
+_SAME_VALUES_MAX_IN = 256  # BLAS sums inner sizes up to this in one block: bias added last either way
+
+
 @functools.cache
-def _bias_after_product(rows: int, n_in: int, n_out: int, dtype: torch.dtype) -> bool:
+def _bias_after_product(rows: int, n_in: int, n_out: int, dtype: torch.dtype, threads: int) -> bool:
     """Whether ``h W^T`` followed by the bias added in place beats ``addmm(b, h, W^T)`` at
     these sizes on this CPU, timed once per shape (a few milliseconds).  ``addmm`` (what
     ``F.linear`` runs) first copies the broadcast bias into the output; the plain product
     saves that copy, but BLAS libraries run a product that overwrites its output (beta = 0)
     through other kernels than one that accumulates into it, and which is faster depends on
-    the CPU (Intel: the product, by the copy; AMD Zen 4: ``addmm``, by ~15%).  For inner
-    sizes up to 256 (the hidden width) both give the same values, so the choice changes
-    the speed only."""
+    the CPU (Intel: the product, by the copy; AMD Zen 4: ``addmm``, by ~15%) and on the
+    number of threads.  For inner sizes up to 256 (the hidden width) both give the same
+    values, so the choice changes the speed only."""
     gen = torch.Generator().manual_seed(0)
     h, w, b = (torch.randn(*shape, generator=gen, dtype=dtype) for shape in ((rows, n_in), (n_out, n_in), (n_out,)))
     variants = (lambda: torch.mm(h, w.t()).add_(b), lambda: torch.addmm(b, h, w.t()))
