@@ -24,6 +24,7 @@ __all__ = [
 
 
 def sanitize_keyword(name: str) -> str:
+    """A column name as a keyword part: upper case, characters other than A-Z / 0-9 as ``_``."""
     return re.sub(r"[^A-Z0-9]", "_", str(name).upper())
 
 
@@ -162,6 +163,7 @@ class Keywords:
 
 
 def header_int(field: bytes, name: str, where: str, blank_ok: bool = False) -> int | None:
+    """An 8-character HEADER offset (``None`` when blank and ``blank_ok``)."""
     s = field.decode("ascii", errors="replace").strip()
     if not s:
         if blank_ok:
@@ -174,6 +176,7 @@ def header_int(field: bytes, name: str, where: str, blank_ok: bool = False) -> i
 
 
 def byte_order(value: str, where: str) -> str:
+    """``$BYTEORD`` as a numpy byte-order character (``"<"`` or ``">"``)."""
     v = value.replace(" ", "")
     if v in ("1,2,3,4", "1,2", "1", "1,2,3,4,5,6,7,8"):
         return "<"
@@ -183,6 +186,8 @@ def byte_order(value: str, where: str) -> str:
 
 
 def read_segment(fh, start: int, stop: int, file_size: int, what: str, where: str) -> bytes:
+    """Bytes ``start..stop`` (inclusive, as FCS offsets are) of the open file, after checking
+    they lie inside it."""
     if start < 0 or stop < start:
         raise DataError(f"{where}: {what} segment has invalid byte offsets {start}..{stop}")
     if stop >= file_size:
@@ -195,6 +200,7 @@ def read_segment(fh, start: int, stop: int, file_size: int, what: str, where: st
 
 
 def choose_delimiter(strings: list[str]) -> str:
+    """A delimiter that none of ``strings`` contains, so that nothing needs escaping."""
     for d in ("/", "|", "\x0c", "\x1e", "\x1f", "!", "~"):
         if not any(d in s for s in strings):
             return d
@@ -202,6 +208,7 @@ def choose_delimiter(strings: list[str]) -> str:
 
 
 def build_text(pairs: list[tuple[str, str]], delim: str) -> bytes:
+    """A TEXT segment of ``pairs``, delimiters inside keys or values doubled."""
     esc = delim * 2
     body = "".join(f"{k.replace(delim, esc)}{delim}{v.replace(delim, esc)}{delim}" for k, v in pairs)
     return (delim + body).encode("utf-8")
