@@ -43,8 +43,7 @@ class BackedStore(TensorStore):
         uniq, inverse = np.unique(idx_np, return_inverse=True)
         block = self.read_rows(uniq)
         batch = {k: v[idx.to(self.device)] for k, v in self.tensors.items()}
-        batch[Keys.X], extra = block.gather(torch.as_tensor(inverse, device=self.device), with_log1p=self.x_log1p)
-        batch.update(extra)
+        block.gather_into(batch, torch.as_tensor(inverse, device=self.device), with_log1p=self.x_log1p)
         batch[Keys.INDICES] = idx.to(self.device)
         return batch
 
@@ -91,7 +90,6 @@ class ChunkedLoader:
                     pos = torch.as_tensor(local[b * self.batch_size : (b + 1) * self.batch_size])
                     glob = torch.as_tensor(rows[pos.numpy()])
                     batch = {key: v[glob.to(self.store.device)] for key, v in self.store.tensors.items()}
-                    batch[Keys.X], extra = block.gather(pos.to(self.store.device), with_log1p=self.store.x_log1p)
-                    batch.update(extra)
+                    block.gather_into(batch, pos.to(self.store.device), with_log1p=self.store.x_log1p)
                     batch[Keys.INDICES] = glob
                     yield batch

@@ -66,6 +66,11 @@ class CSRRows:
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
         return self.gather(idx)[0]
 
+    def gather_into(self, batch: dict, idx: torch.Tensor, with_nz: bool = False, with_log1p: bool = False) -> None:
+        """:meth:`gather` into a minibatch: the rows under ``Keys.X``, and its extras."""
+        batch[Keys.X], extra = self.gather(idx, with_nz=with_nz, with_log1p=with_log1p)
+        batch.update(extra)
+
     def gather(self, idx: torch.Tensor, with_nz: bool = False, with_log1p: bool = False) -> tuple[torch.Tensor, dict]:
         """Dense rows ``idx`` and a dict of what the gather gives for free: with ``with_nz``
         on the tensor path, the coordinates of their positive entries
@@ -119,7 +124,9 @@ class CSRRows:
 class TensorStore:
     """All registered tensors of one AnnData, indexable by a tensor of cell indices."""
 
-    x_log1p = False  # batches carry log1p(X) and its row totals where the gather has them
+    # batches carry log1p(X) and its row totals where the gather has them (a class default:
+    # stores that build themselves without this __init__, such as GLUE's, never ask)
+    x_log1p = False
 
     def __init__(self, adata, registry: dict, device: str | torch.device = "cpu", load_x: bool = True,
                  x_log1p: bool = False):
@@ -158,8 +165,7 @@ class TensorStore:
         if isinstance(self.x, CSRRows):
             # the exact-size tensor gather (no numba on the CPU) yields the non-zero coordinates
             # for free, the numba gather log1p(X) and the totals when the module asks for them
-            batch[Keys.X], extra = self.x.gather(idx, with_nz=True, with_log1p=self.x_log1p)
-            batch.update(extra)
+            self.x.gather_into(batch, idx, with_nz=True, with_log1p=self.x_log1p)
         elif self.x is not None:
             batch[Keys.X] = self.x[idx]
         batch[Keys.INDICES] = idx

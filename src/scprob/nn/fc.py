@@ -170,6 +170,9 @@ class Encoder(nn.Module):
         return dist, self.z_transform(dist.rsample())
 
 
+_SAME_VALUES_MAX_IN = 256  # BLAS sums inner sizes up to this in one block: bias added last either way
+
+
 def _head(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
     """``layer(h)`` for a decoder head (cells x genes), on CPU in the faster of two
     formulations with the same values (:func:`_bias_after_product`).  Wider inputs than
@@ -180,9 +183,6 @@ def _head(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
     if _bias_after_product(h.shape[0], h.shape[1], layer.weight.shape[0], h.dtype, torch.get_num_threads()):
         return torch.mm(h, layer.weight.t()).add_(layer.bias)
     return torch.addmm(layer.bias, h, layer.weight.t())
-
-
-_SAME_VALUES_MAX_IN = 256  # BLAS sums inner sizes up to this in one block: bias added last either way
 
 
 @functools.cache
